@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -187,15 +188,31 @@ func traceExporter(ctx context.Context, getenv func(string) string) (sdktrace.Sp
 		return nil, nil
 	}
 	proto := firstNonEmpty(getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), getenv("OTEL_EXPORTER_OTLP_PROTOCOL"), "http/protobuf")
+	// The exporters read the other OTEL_* variables (headers, timeouts,
+	// TLS) from the process environment; the endpoint is passed
+	// explicitly so that an injected getenv is honoured.
+	signalURL := getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+	baseURL := getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
 	switch proto {
 	case "grpc":
-		e, err := otlptracegrpc.New(ctx)
+		var opts []otlptracegrpc.Option
+		if u := firstNonEmpty(signalURL, baseURL); u != "" {
+			opts = append(opts, otlptracegrpc.WithEndpointURL(u))
+		}
+		e, err := otlptracegrpc.New(ctx, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("otlp grpc exporter: %w", err)
 		}
 		return e, nil
 	case "http/protobuf":
-		e, err := otlptracehttp.New(ctx)
+		var opts []otlptracehttp.Option
+		switch {
+		case signalURL != "":
+			opts = append(opts, otlptracehttp.WithEndpointURL(signalURL))
+		case baseURL != "":
+			opts = append(opts, otlptracehttp.WithEndpointURL(strings.TrimSuffix(baseURL, "/")+"/v1/traces"))
+		}
+		e, err := otlptracehttp.New(ctx, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("otlp http exporter: %w", err)
 		}
