@@ -60,4 +60,3 @@ func LoadBootstrap(path string) (*Snapshot, error) {
 	}
 	return s, nil
 }
-
