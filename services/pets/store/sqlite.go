@@ -1,0 +1,87 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"runtime"
+	"strings"
+
+	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
+)
+
+// SQLite connection settings. WAL lets readers run beside the one writer
+// (also across processes); busy_timeout makes a writer wait for the lock
+// held by another connection or process instead of failing; _txlock=
+// immediate takes the write lock at BEGIN, so that a transaction never has
+// to upgrade a read lock (the upgrade is what fails with SQLITE_BUSY when
+// processes race).
+var sqlitePragmas = []string{
+	"busy_timeout(10000)",
+	"journal_mode(WAL)",
+	"synchronous(NORMAL)",
+	"foreign_keys(1)",
+}
+
+// SQLitePath returns the file path of a SQLite DSN: sqlite://PATH,
+// sqlite:PATH, file:PATH or PATH, with any ?query removed.
+func SQLitePath(dsn string) string {
+	p := dsn
+	for _, prefix := range []string{"sqlite://", "sqlite:", "file:"} {
+		if strings.HasPrefix(p, prefix) {
+			p = strings.TrimPrefix(p, prefix)
+			break
+		}
+	}
+	p, _, _ = strings.Cut(p, "?")
+	return p
+}
+
+// OpenSQLite opens (creating if needed) the SQLite database of dsn and
+// applies pending migrations. Query parameters of dsn are passed to the
+// driver after the defaults (e.g. ?_pragma=cache_size(-20000)).
+func OpenSQLite(ctx context.Context, dsn string, opts Options) (*SQLStore, error) {
+	path := SQLitePath(dsn)
+	if path == "" {
+		return nil, fmt.Errorf("%w: sqlite dsn %q names no file", ErrInvalid, dsn)
+	}
+	if path == ":memory:" || strings.Contains(dsn, "mode=memory") {
+		return nil, fmt.Errorf("%w: in-memory sqlite is not supported (each connection would see its own database); use a file", ErrInvalid)
+	}
+	q := url.Values{}
+	if _, raw, ok := strings.Cut(dsn, "?"); ok {
+		extra, err := url.ParseQuery(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w: sqlite dsn query: %v", ErrInvalid, err)
+		}
+		q = extra
+	}
+	q["_pragma"] = append(append([]string{}, sqlitePragmas...), q["_pragma"]...)
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	n := opts.MaxOpenConns
+	if n <= 0 {
+		n = max(4, runtime.GOMAXPROCS(0)*2)
+	}
+	db.SetMaxOpenConns(n)
+	db.SetMaxIdleConns(n)
+	s, err := newSQLStore(db, dialect{system: "sqlite"}, opts)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := s.migrate(ctx, "sqlite", nil); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("migrate sqlite %s: %w", path, err)
+	}
+	// Refresh the planner statistics cheaply (a no-op when they are fresh).
+	if _, err := db.ExecContext(ctx, `PRAGMA optimize=0x10002`); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("optimize sqlite %s: %w", path, err)
+	}
+	return s, nil
+}

@@ -1,0 +1,502 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// Store persists pets. Implementations are safe for concurrent use by
+// many goroutines, and several processes may share one database.
+type Store interface {
+	// Upsert writes pets keyed by (Source, SourceID) in one transaction
+	// and counts what changed; identical content is left untouched and
+	// counted as unchanged. Inputs must have been validated.
+	Upsert(ctx context.Context, pets []PetInput) (UpsertResult, error)
+	// Get returns the pet or an error wrapping ErrNotFound.
+	Get(ctx context.Context, id string) (Pet, error)
+	// List returns one page; errors wrap ErrBadCursor or ErrInvalid for
+	// bad queries.
+	List(ctx context.Context, q ListQuery) (ListResult, error)
+	// Delete removes the pet or returns an error wrapping ErrNotFound.
+	Delete(ctx context.Context, id string) error
+	// Count returns the number of pets.
+	Count(ctx context.Context) (int64, error)
+	// Ping checks that the database answers.
+	Ping(ctx context.Context) error
+	// Close releases the connections.
+	Close() error
+}
+
+// Options tune a store. The zero value is valid.
+type Options struct {
+	// Tracer starts a client span per database call; none when nil.
+	Tracer trace.Tracer
+	// Registerer receives petmesh_pets_store_* metrics; none when nil.
+	Registerer prometheus.Registerer
+	// MaxOpenConns bounds the connection pool; 0 picks a default per store.
+	MaxOpenConns int
+}
+
+// Open opens the store named by dsn and applies pending migrations:
+// postgres:// or postgresql:// URLs open PostgreSQL; sqlite://PATH,
+// file:PATH or a plain file path open SQLite.
+func Open(ctx context.Context, dsn string, opts Options) (*SQLStore, error) {
+	switch {
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		return OpenPostgres(ctx, dsn, opts)
+	case dsn == "":
+		return nil, fmt.Errorf("%w: empty database dsn", ErrInvalid)
+	default:
+		if i := strings.Index(dsn, "://"); i >= 0 && dsn[:i] != "sqlite" {
+			return nil, fmt.Errorf("%w: unsupported database scheme %q (want sqlite or postgres)", ErrInvalid, dsn[:i])
+		}
+		return OpenSQLite(ctx, dsn, opts)
+	}
+}
+
+// dialect holds what differs between the SQL databases.
+type dialect struct {
+	// system is the OpenTelemetry db.system value.
+	system string
+	// dollar placeholders ($1) instead of ?.
+	dollar bool
+}
+
+// SQLStore is the database/sql implementation of Store used for both
+// SQLite and PostgreSQL.
+type SQLStore struct {
+	db     *sql.DB
+	d      dialect
+	tracer trace.Tracer
+	dur    *prometheus.HistogramVec
+
+	mu    sync.RWMutex
+	stmts map[string]*sql.Stmt
+}
+
+var _ Store = (*SQLStore)(nil)
+
+func newSQLStore(db *sql.DB, d dialect, opts Options) (*SQLStore, error) {
+	s := &SQLStore{db: db, d: d, tracer: opts.Tracer, stmts: map[string]*sql.Stmt{}}
+	if s.tracer == nil {
+		s.tracer = noop.NewTracerProvider().Tracer("")
+	}
+	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "petmesh_pets_store_query_duration_seconds",
+		Help:    "Duration of pets store operations by operation and result.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"operation", "result"})
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(dur); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return nil, fmt.Errorf("register store metrics: %w", err)
+			}
+			dur = are.ExistingCollector.(*prometheus.HistogramVec)
+		}
+	}
+	s.dur = dur
+	return s, nil
+}
+
+// DB exposes the handle for tests and tools (bulk seeding).
+func (s *SQLStore) DB() *sql.DB { return s.db }
+
+// System is the OpenTelemetry db.system of the store: sqlite or postgresql.
+func (s *SQLStore) System() string { return s.d.system }
+
+// Close implements Store.
+func (s *SQLStore) Close() error {
+	s.mu.Lock()
+	for k, st := range s.stmts {
+		_ = st.Close()
+		delete(s.stmts, k)
+	}
+	s.mu.Unlock()
+	return s.db.Close()
+}
+
+// observe starts a client span for one database operation and returns the
+// context to run it with and a func that ends the span and records the
+// duration.
+func (s *SQLStore) observe(ctx context.Context, op, verb string) (context.Context, func(error)) {
+	start := time.Now()
+	ctx, span := s.tracer.Start(ctx, verb+" pets",
+		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(
+			attribute.String("db.system", s.d.system),
+			attribute.String("db.operation", verb),
+			attribute.String("db.sql.table", "pets"),
+			attribute.String("petmesh.store.operation", op),
+		))
+	return ctx, func(err error) {
+		result := "ok"
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			result = "error"
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+		s.dur.WithLabelValues(op, result).Observe(time.Since(start).Seconds())
+	}
+}
+
+// rebind turns ? placeholders into $n for PostgreSQL. Queries in this
+// package never hold a ? inside a literal.
+func (s *SQLStore) rebind(q string) string {
+	if !s.d.dollar {
+		return q
+	}
+	var b strings.Builder
+	b.Grow(len(q) + 16)
+	n := 0
+	for i := 0; i < len(q); i++ {
+		if q[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(q[i])
+	}
+	return b.String()
+}
+
+// stmt returns a prepared statement for q (in ? form), preparing it once.
+// The set of queries is bounded (filter combinations × sorts), so the
+// cache is too.
+func (s *SQLStore) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
+	s.mu.RLock()
+	st, ok := s.stmts[q]
+	s.mu.RUnlock()
+	if ok {
+		return st, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.stmts[q]; ok {
+		return st, nil
+	}
+	st, err := s.db.PrepareContext(ctx, s.rebind(q))
+	if err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	s.stmts[q] = st
+	return st, nil
+}
+
+const petColumns = `id, source, source_id, name, species, breed_primary, breed_secondary, breed_mixed,
+ age, gender, size, color_primary, color_secondary, color_tertiary, status, description, photos,
+ organization_id, city, state, postcode, country, published_at, updated_at`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanPet(sc scanner, p *Pet) error {
+	var photos []byte
+	var pub, upd int64
+	err := sc.Scan(&p.ID, &p.Source, &p.SourceID, &p.Name, &p.Species,
+		&p.Breeds.Primary, &p.Breeds.Secondary, &p.Breeds.Mixed,
+		&p.Age, &p.Gender, &p.Size, &p.Colors.Primary, &p.Colors.Secondary, &p.Colors.Tertiary,
+		&p.Status, &p.Description, &photos, &p.OrganizationID,
+		&p.Location.City, &p.Location.State, &p.Location.Postcode, &p.Location.Country, &pub, &upd)
+	if err != nil {
+		return err
+	}
+	p.PublishedAt, p.UpdatedAt = fromMicros(pub), fromMicros(upd)
+	p.Photos = []string{}
+	if len(photos) > 2 {
+		if err := json.Unmarshal(photos, &p.Photos); err != nil {
+			return fmt.Errorf("decode photos of %s: %w", p.ID, err)
+		}
+	}
+	return nil
+}
+
+// Get implements Store.
+func (s *SQLStore) Get(ctx context.Context, id string) (p Pet, err error) {
+	if !ValidID(id) {
+		return p, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	ctx, done := s.observe(ctx, "get", "SELECT")
+	defer func() { done(err) }()
+	st, err := s.stmt(ctx, `SELECT `+petColumns+` FROM pets WHERE id = ?`)
+	if err != nil {
+		return p, err
+	}
+	if err := scanPet(st.QueryRowContext(ctx, id), &p); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return p, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return p, fmt.Errorf("get pet %s: %w", id, err)
+	}
+	return p, nil
+}
+
+// Delete implements Store.
+func (s *SQLStore) Delete(ctx context.Context, id string) (err error) {
+	if !ValidID(id) {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	ctx, done := s.observe(ctx, "delete", "DELETE")
+	defer func() { done(err) }()
+	res, err := s.db.ExecContext(ctx, s.rebind(`DELETE FROM pets WHERE id = ?`), id)
+	if err != nil {
+		return fmt.Errorf("delete pet %s: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("delete pet %s: %w", id, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return nil
+}
+
+// Count implements Store.
+func (s *SQLStore) Count(ctx context.Context) (n int64, err error) {
+	ctx, done := s.observe(ctx, "count", "SELECT")
+	defer func() { done(err) }()
+	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM pets`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count pets: %w", err)
+	}
+	return n, nil
+}
+
+// Ping implements Store.
+func (s *SQLStore) Ping(ctx context.Context) (err error) {
+	ctx, done := s.observe(ctx, "ping", "SELECT")
+	defer func() { done(err) }()
+	var one int
+	if err := s.db.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("ping database: %w", err)
+	}
+	return nil
+}
+
+const upsertSQL = `INSERT INTO pets (id, source, source_id, name, species, breed_primary, breed_secondary, breed_mixed,
+ age, gender, size, color_primary, color_secondary, color_tertiary, status, description, photos,
+ organization_id, city, state, postcode, country, published_at, updated_at,
+ species_key, breed_primary_key, breed_secondary_key, city_key, state_key, search_text, content_hash, version)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+ON CONFLICT (id) DO UPDATE SET
+ name = excluded.name, species = excluded.species,
+ breed_primary = excluded.breed_primary, breed_secondary = excluded.breed_secondary, breed_mixed = excluded.breed_mixed,
+ age = excluded.age, gender = excluded.gender, size = excluded.size,
+ color_primary = excluded.color_primary, color_secondary = excluded.color_secondary, color_tertiary = excluded.color_tertiary,
+ status = excluded.status, description = excluded.description, photos = excluded.photos,
+ organization_id = excluded.organization_id, city = excluded.city, state = excluded.state,
+ postcode = excluded.postcode, country = excluded.country,
+ published_at = CASE WHEN ? THEN excluded.published_at ELSE pets.published_at END,
+ updated_at = excluded.updated_at,
+ species_key = excluded.species_key, breed_primary_key = excluded.breed_primary_key,
+ breed_secondary_key = excluded.breed_secondary_key, city_key = excluded.city_key, state_key = excluded.state_key,
+ search_text = excluded.search_text, content_hash = excluded.content_hash, version = pets.version + 1
+WHERE pets.content_hash <> excluded.content_hash
+RETURNING version`
+
+// upsertArgs are the arguments of upsertSQL for one normalized input.
+// A missing published_at is now on insert and kept on update; a missing
+// updated_at is the time of the write.
+func upsertArgs(in PetInput, now time.Time) []any {
+	photos, _ := json.Marshal(in.Photos) // cannot fail
+	pub, pubGiven := in.PublishedAt, !in.PublishedAt.IsZero()
+	if !pubGiven {
+		pub = now
+	}
+	upd := in.UpdatedAt
+	if upd.IsZero() {
+		upd = now
+	}
+	return []any{
+		PetID(in.Source, in.SourceID), in.Source, in.SourceID, in.Name, in.Species,
+		in.Breeds.Primary, in.Breeds.Secondary, in.Breeds.Mixed,
+		in.Age, in.Gender, in.Size, in.Colors.Primary, in.Colors.Secondary, in.Colors.Tertiary,
+		in.Status, in.Description, string(photos), in.OrganizationID,
+		in.Location.City, in.Location.State, in.Location.Postcode, in.Location.Country,
+		pub.UnixMicro(), upd.UnixMicro(),
+		key(in.Species), key(in.Breeds.Primary), key(in.Breeds.Secondary), key(in.Location.City), key(in.Location.State),
+		strings.ToLower(in.Name + "\n" + in.Description), contentHash(in),
+		pubGiven,
+	}
+}
+
+// Upsert implements Store. Pets are written in id order so that
+// concurrent batches lock rows in the same order and cannot deadlock.
+func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResult, err error) {
+	if len(pets) == 0 {
+		return res, nil
+	}
+	ctx, done := s.observe(ctx, "upsert", "INSERT")
+	defer func() { done(err) }()
+	type item struct {
+		id string
+		in PetInput
+	}
+	items := make([]item, len(pets))
+	for i, p := range pets {
+		p = normalize(p)
+		items[i] = item{id: PetID(p.Source, p.SourceID), in: p}
+	}
+	slices.SortStableFunc(items, func(a, b item) int { return strings.Compare(a.id, b.id) })
+
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return res, fmt.Errorf("begin upsert: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	st, err := tx.PrepareContext(ctx, s.rebind(upsertSQL))
+	if err != nil {
+		return res, fmt.Errorf("prepare upsert: %w", err)
+	}
+	defer func() { _ = st.Close() }()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	for _, it := range items {
+		var version int64
+		err := st.QueryRowContext(ctx, upsertArgs(it.in, now)...).Scan(&version)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			res.Unchanged++
+		case err != nil:
+			return UpsertResult{}, fmt.Errorf("upsert pet %s/%s: %w", it.in.Source, it.in.SourceID, err)
+		case version == 1:
+			res.Inserted++
+		default:
+			res.Updated++
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return UpsertResult{}, fmt.Errorf("commit upsert: %w", err)
+	}
+	return res, nil
+}
+
+// List implements Store.
+func (s *SQLStore) List(ctx context.Context, q ListQuery) (res ListResult, err error) {
+	sort := q.Sort
+	if sort == "" {
+		sort = DefaultSort
+	}
+	if _, ok := ParseSort(string(sort)); !ok {
+		return res, fmt.Errorf("%w: sort %q", ErrInvalid, sort)
+	}
+	limit := q.Limit
+	if limit == 0 {
+		limit = DefaultLimit
+	}
+	if limit < 1 || limit > MaxLimit {
+		return res, fmt.Errorf("%w: limit %d is not in 1..%d", ErrInvalid, limit, MaxLimit)
+	}
+	var cur *cursor
+	if q.Cursor != "" {
+		c, err := decodeCursor(sort, q.Cursor)
+		if err != nil {
+			return res, err
+		}
+		cur = &c
+	}
+
+	var b strings.Builder
+	args := make([]any, 0, 12)
+	b.WriteString(`SELECT `)
+	b.WriteString(petColumns)
+	b.WriteString(` FROM pets WHERE 1=1`)
+	eq := func(col, v string) {
+		if v != "" {
+			b.WriteString(` AND ` + col + ` = ?`)
+			args = append(args, v)
+		}
+	}
+	// Enumerations are stored canonically; an unknown value matches nothing.
+	enum := func(col string, values []string, v string) {
+		if v == "" {
+			return
+		}
+		if c, ok := Canonical(values, v); ok {
+			v = c
+		}
+		eq(col, v)
+	}
+	enum("status", Statuses, q.Status)
+	eq("species_key", key(q.Species))
+	enum("age", Ages, q.Age)
+	enum("gender", Genders, q.Gender)
+	enum("size", Sizes, q.Size)
+	eq("state_key", key(q.State))
+	eq("city_key", key(q.City))
+	if br := key(q.Breed); br != "" {
+		b.WriteString(` AND (breed_primary_key = ? OR breed_secondary_key = ?)`)
+		args = append(args, br, br)
+	}
+	if text := strings.ToLower(strings.TrimSpace(q.Q)); text != "" {
+		b.WriteString(` AND search_text LIKE ? ESCAPE '\'`)
+		args = append(args, "%"+escapeLike(text)+"%")
+	}
+	col, op, dir := sort.column(), ">", "ASC"
+	if sort.desc() {
+		op, dir = "<", "DESC"
+	}
+	if cur != nil {
+		b.WriteString(` AND (` + col + `, id) ` + op + ` (?, ?)`)
+		if sort.byName() {
+			args = append(args, cur.Name, cur.ID)
+		} else {
+			args = append(args, cur.Time, cur.ID)
+		}
+	}
+	b.WriteString(` ORDER BY ` + col + ` ` + dir + `, id ` + dir + ` LIMIT ?`)
+	args = append(args, limit+1)
+
+	ctx, done := s.observe(ctx, "list", "SELECT")
+	defer func() { done(err) }()
+	st, err := s.stmt(ctx, b.String())
+	if err != nil {
+		return res, err
+	}
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return res, fmt.Errorf("list pets: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	res.Pets = make([]Pet, 0, limit+1)
+	for rows.Next() {
+		res.Pets = append(res.Pets, Pet{})
+		if err := scanPet(rows, &res.Pets[len(res.Pets)-1]); err != nil {
+			return ListResult{}, fmt.Errorf("list pets: %w", err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return ListResult{}, fmt.Errorf("list pets: %w", err)
+	}
+	if len(res.Pets) > limit {
+		res.Pets = res.Pets[:limit]
+		res.NextCursor = encodeCursor(sort, &res.Pets[limit-1])
+	}
+	return res, nil
+}
+
+func escapeLike(s string) string {
+	if !strings.ContainsAny(s, `\%_`) {
+		return s
+	}
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(s)
+}
