@@ -630,3 +630,12 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	writeJSON(w, http.StatusCreated, map[string]any{"ids": ids, "published_at": now.Format(TimeLayout)})
 }
+
+// Stats returns the request counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Animals = len(s.animals)
+	return st
+}
