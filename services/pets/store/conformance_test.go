@@ -100,8 +100,8 @@ func listAll(t *testing.T, ctx context.Context, s store.Store, q store.ListQuery
 // expected returns the pets of in matching keep, in sort order.
 func expected(in []store.PetInput, keep func(store.PetInput) bool, sort store.Sort) []string {
 	type row struct {
-		id   string
-		in   store.PetInput
+		id string
+		in store.PetInput
 	}
 	var rows []row
 	for _, p := range in {

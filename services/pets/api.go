@@ -1,0 +1,306 @@
+// Package pets is the pets service: a JSON API over a pets store
+// (SQLite or PostgreSQL) that the sync service fills from Petfinder and
+// that clients browse with filters and keyset pagination.
+package pets
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/petmesh/petmesh/internal/httpx"
+	"github.com/petmesh/petmesh/internal/identity"
+	"github.com/petmesh/petmesh/internal/telemetry"
+	"github.com/petmesh/petmesh/services/pets/store"
+)
+
+//go:embed openapi.json
+var openAPI []byte
+
+// OpenAPI returns the OpenAPI 3 document of the API.
+func OpenAPI() []byte { return openAPI }
+
+// MaxBatch is the largest batch POST /pets:batchUpsert accepts.
+const MaxBatch = 500
+
+// DefaultMaxBody is the default request body limit: a full batch of
+// pets with long descriptions fits.
+const DefaultMaxBody = 8 << 20
+
+// Route is one method and path the API serves, as a net/http pattern.
+type Route struct {
+	Method, Path string
+}
+
+// Routes lists every route of the public API; the OpenAPI document
+// describes each one (a test checks it).
+var Routes = []Route{
+	{http.MethodGet, "/pets"},
+	{http.MethodGet, "/pets/{id}"},
+	{http.MethodDelete, "/pets/{id}"},
+	{http.MethodPost, "/pets:batchUpsert"},
+	{http.MethodGet, "/health"},
+	{http.MethodGet, "/openapi.json"},
+}
+
+// HandlerOptions configure NewHandler.
+type HandlerOptions struct {
+	// MaxBody limits request bodies; DefaultMaxBody when 0.
+	MaxBody int64
+	// HealthTimeout bounds the database check of GET /health; 2s when 0.
+	HealthTimeout time.Duration
+}
+
+// api holds the handlers' dependencies.
+type api struct {
+	store         store.Store
+	maxBody       int64
+	healthTimeout time.Duration
+	upserted      *prometheus.CounterVec
+}
+
+// NewHandler returns the public API with the standard middleware
+// (tracing, request id, panic recovery, body limit) and registers the
+// service's metrics on tel.Registry.
+func NewHandler(st store.Store, tel *telemetry.Telemetry, opts HandlerOptions) (http.Handler, error) {
+	a := &api{store: st, maxBody: opts.MaxBody, healthTimeout: opts.HealthTimeout}
+	if a.maxBody <= 0 {
+		a.maxBody = DefaultMaxBody
+	}
+	if a.healthTimeout <= 0 {
+		a.healthTimeout = 2 * time.Second
+	}
+	a.upserted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "petmesh_pets_upserted_total",
+		Help: "Pets written by batch upserts, by result (inserted, updated, unchanged).",
+	}, []string{"result"})
+	if err := tel.Registry.Register(a.upserted); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	if err := tel.Registry.Register(newTotalCollector(st)); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+
+	handlers := map[Route]httpx.HandlerFunc{
+		{http.MethodGet, "/pets"}:              a.list,
+		{http.MethodGet, "/pets/{id}"}:         a.get,
+		{http.MethodDelete, "/pets/{id}"}:      a.delete,
+		{http.MethodPost, "/pets:batchUpsert"}: a.batchUpsert,
+		{http.MethodGet, "/health"}:            a.health,
+		{http.MethodGet, "/openapi.json"}:      a.openAPI,
+	}
+	mux := http.NewServeMux()
+	allow := map[string][]string{}
+	for _, r := range Routes {
+		h, ok := handlers[r]
+		if !ok {
+			return nil, fmt.Errorf("route %s %s has no handler", r.Method, r.Path)
+		}
+		mux.Handle(r.Method+" "+r.Path, h)
+		allow[r.Path] = append(allow[r.Path], r.Method)
+	}
+	// Other methods on a known path get a JSON 405 with Allow, and
+	// unknown paths a JSON 404, instead of net/http's plain text.
+	for path, methods := range allow {
+		methods := strings.Join(methods, ", ")
+		mux.Handle(path, httpx.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Allow", methods)
+			return &httpx.Error{Status: http.StatusMethodNotAllowed, Code: httpx.CodeMethodNotAllowed,
+				Message: fmt.Sprintf("method %s not allowed; allowed: %s", r.Method, methods)}
+		}))
+	}
+	mux.Handle("/", httpx.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) error {
+		return httpx.NotFound("no route for %s %s", r.Method, r.URL.Path)
+	}))
+	return httpx.Standard(tel, "pets", a.maxBody)(mux), nil
+}
+
+// listParams are the query parameters of GET /pets.
+var listParams = map[string]bool{
+	"species": true, "breed": true, "age": true, "gender": true, "size": true, "status": true,
+	"city": true, "state": true, "q": true, "sort": true, "limit": true, "cursor": true,
+}
+
+// maxFilterLen bounds filter values; no stored value is longer.
+const maxFilterLen = 200
+
+// parseListQuery validates the query string of GET /pets; errors name the
+// parameter.
+func parseListQuery(v url.Values) (store.ListQuery, error) {
+	var q store.ListQuery
+	for name, vals := range v {
+		if !listParams[name] {
+			return q, httpx.BadRequest(name, "unknown query parameter")
+		}
+		if len(vals) > 1 {
+			return q, httpx.BadRequest(name, "given more than once")
+		}
+		if len(vals[0]) > maxFilterLen && name != "cursor" {
+			return q, httpx.BadRequest(name, "longer than %d bytes", maxFilterLen)
+		}
+	}
+	enum := func(name string, values []string) (string, error) {
+		s := v.Get(name)
+		if s == "" {
+			return "", nil
+		}
+		c, ok := store.Canonical(values, s)
+		if !ok {
+			return "", httpx.BadRequest(name, "want one of %s, got %q", strings.Join(values, ", "), s)
+		}
+		return c, nil
+	}
+	var err error
+	if q.Age, err = enum("age", store.Ages); err != nil {
+		return q, err
+	}
+	if q.Gender, err = enum("gender", store.Genders); err != nil {
+		return q, err
+	}
+	if q.Size, err = enum("size", store.Sizes); err != nil {
+		return q, err
+	}
+	if q.Status, err = enum("status", store.Statuses); err != nil {
+		return q, err
+	}
+	q.Species, q.Breed, q.City, q.State, q.Q = v.Get("species"), v.Get("breed"), v.Get("city"), v.Get("state"), v.Get("q")
+	sort, ok := store.ParseSort(v.Get("sort"))
+	if !ok {
+		return q, httpx.BadRequest("sort", "want one of published_at, -published_at, name, -name, updated_at, -updated_at, got %q", v.Get("sort"))
+	}
+	q.Sort = sort
+	q.Limit = store.DefaultLimit
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > store.MaxLimit {
+			return q, httpx.BadRequest("limit", "want an integer from 1 to %d, got %q", store.MaxLimit, s)
+		}
+		q.Limit = n
+	}
+	if c := v.Get("cursor"); len(c) > 1024 {
+		return q, httpx.BadRequest("cursor", "not a cursor issued by this service")
+	}
+	q.Cursor = v.Get("cursor")
+	return q, nil
+}
+
+type listResponse struct {
+	Pets       []store.Pet `json:"pets"`
+	NextCursor string      `json:"next_cursor"`
+}
+
+func (a *api) list(w http.ResponseWriter, r *http.Request) error {
+	q, err := parseListQuery(r.URL.Query())
+	if err != nil {
+		return err
+	}
+	res, err := a.store.List(r.Context(), q)
+	switch {
+	case errors.Is(err, store.ErrBadCursor):
+		return httpx.BadRequest("cursor", "not a cursor issued by this service for sort %s", q.Sort)
+	case err != nil:
+		return fmt.Errorf("list pets: %w", err)
+	}
+	if res.Pets == nil {
+		res.Pets = []store.Pet{}
+	}
+	httpx.WriteJSON(w, http.StatusOK, listResponse{Pets: res.Pets, NextCursor: res.NextCursor})
+	return nil
+}
+
+func (a *api) get(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	p, err := a.store.Get(r.Context(), id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return httpx.NotFound("pet %q not found", id)
+	case err != nil:
+		return fmt.Errorf("get pet: %w", err)
+	}
+	httpx.WriteJSON(w, http.StatusOK, p)
+	return nil
+}
+
+func (a *api) delete(w http.ResponseWriter, r *http.Request) error {
+	if _, err := identity.Require(r, identity.RoleAdmin); err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	err := a.store.Delete(r.Context(), id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return httpx.NotFound("pet %q not found", id)
+	case err != nil:
+		return fmt.Errorf("delete pet: %w", err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *api) batchUpsert(w http.ResponseWriter, r *http.Request) error {
+	if _, err := identity.Require(r, identity.RoleSync, identity.RoleAdmin); err != nil {
+		return err
+	}
+	pets, err := decodeBatch(w, r, a.maxBody)
+	if err != nil {
+		return err
+	}
+	res, err := a.store.Upsert(r.Context(), pets)
+	if err != nil {
+		return fmt.Errorf("upsert pets: %w", err)
+	}
+	a.upserted.WithLabelValues("inserted").Add(float64(res.Inserted))
+	a.upserted.WithLabelValues("updated").Add(float64(res.Updated))
+	a.upserted.WithLabelValues("unchanged").Add(float64(res.Unchanged))
+	httpx.WriteJSON(w, http.StatusOK, res)
+	return nil
+}
+
+func (a *api) health(w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := context.WithTimeout(r.Context(), a.healthTimeout)
+	defer cancel()
+	if err := a.store.Ping(ctx); err != nil {
+		return httpx.Unavailable("database unavailable")
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	return nil
+}
+
+func (a *api) openAPI(w http.ResponseWriter, _ *http.Request) error {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openAPI)
+	return nil
+}
+
+// totalCollector exports petmesh_pets_total from the database at scrape
+// time, so that it is right even when several processes share the store.
+type totalCollector struct {
+	st   store.Store
+	desc *prometheus.Desc
+}
+
+func newTotalCollector(st store.Store) *totalCollector {
+	return &totalCollector{st: st, desc: prometheus.NewDesc("petmesh_pets_total", "Pets in the store.", nil, nil)}
+}
+
+func (c *totalCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *totalCollector) Collect(ch chan<- prometheus.Metric) {
+	// A scrape has no context of its own; bound the query instead.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, err := c.st.Count(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n))
+}
