@@ -118,7 +118,6 @@ func TestInvalidGolden(t *testing.T) {
 	}
 }
 
-
 func TestValidateErrors(t *testing.T) {
 	base := func() *Table {
 		return &Table{Routes: []Route{{
@@ -151,9 +150,12 @@ func TestValidateErrors(t *testing.T) {
 			},
 		},
 		{
-			desc:   "per-try timeout above route timeout",
-			mutate: func(t *Table) { t.Routes[0].Timeout = Dur(time.Second); t.Routes[0].Retries = &Retries{PerTryTimeout: Dur(2 * time.Second)} },
-			want:   []string{"routes[0].retries.per_try_timeout: 2s exceeds the route timeout 1s"},
+			desc: "per-try timeout above route timeout",
+			mutate: func(t *Table) {
+				t.Routes[0].Timeout = Dur(time.Second)
+				t.Routes[0].Retries = &Retries{PerTryTimeout: Dur(2 * time.Second)}
+			},
+			want: []string{"routes[0].retries.per_try_timeout: 2s exceeds the route timeout 1s"},
 		},
 		{
 			desc:   "negative timeout",
@@ -166,9 +168,12 @@ func TestValidateErrors(t *testing.T) {
 			want:   []string{"routes[0].targets[0].service: \"edge\" must be the only target"},
 		},
 		{
-			desc:   "subject rate limit on a public route",
-			mutate: func(t *Table) { t.Routes[0].Auth = &Auth{Public: true}; t.Routes[0].RateLimit = &RateLimit{RPS: 1, Key: "subject"} },
-			want:   []string{"routes[0].rate_limit.key: subject needs an authenticated route (auth.public is true)"},
+			desc: "subject rate limit on a public route",
+			mutate: func(t *Table) {
+				t.Routes[0].Auth = &Auth{Public: true}
+				t.Routes[0].RateLimit = &RateLimit{RPS: 1, Key: "subject"}
+			},
+			want: []string{"routes[0].rate_limit.key: subject needs an authenticated route (auth.public is true)"},
 		},
 	}
 	for _, tc := range tests {

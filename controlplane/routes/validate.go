@@ -3,9 +3,9 @@ package routes
 import (
 	"fmt"
 	"maps"
-	"slices"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
