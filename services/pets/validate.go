@@ -115,7 +115,8 @@ func decodePet(raw json.RawMessage, path string) (store.PetInput, error) {
 	if err := json.Unmarshal(raw, &pw); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return store.PetInput{}, httpx.BadRequest(path+"."+te.Field, "want %s, got JSON %s", jsonType(te.Type.String()), te.Value)
+			field := strings.TrimPrefix(te.Field, "PetInput.") // the embedded struct's name
+			return store.PetInput{}, httpx.BadRequest(path+"."+field, "want %s, got JSON %s", jsonType(te.Type.String()), te.Value)
 		}
 		return store.PetInput{}, httpx.BadRequest(path, "invalid: %v", err)
 	}
