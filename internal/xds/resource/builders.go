@@ -76,6 +76,16 @@ func HCM(statPrefix, routeName string, filters ...*hcm.HttpFilter) *hcm.HttpConn
 	}
 }
 
+// HCMOf unpacks an HttpConnectionManager from a typed config, or returns
+// nil when a is not one.
+func HCMOf(a *anypb.Any) *hcm.HttpConnectionManager {
+	var m hcm.HttpConnectionManager
+	if a == nil || a.UnmarshalTo(&m) != nil {
+		return nil
+	}
+	return &m
+}
+
 // HTTPFilter wraps a filter config message under name.
 func HTTPFilter(name string, cfg proto.Message) *hcm.HttpFilter {
 	return &hcm.HttpFilter{Name: name, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: MustAny(cfg)}}
