@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/petmesh/petmesh/internal/httpx"
 	"github.com/petmesh/petmesh/internal/identity"
@@ -104,7 +107,7 @@ func NewHandler(st store.Store, tel *telemetry.Telemetry, opts HandlerOptions) (
 		if !ok {
 			return nil, fmt.Errorf("route %s %s has no handler", r.Method, r.Path)
 		}
-		mux.Handle(r.Method+" "+r.Path, h)
+		mux.Handle(r.Method+" "+r.Path, routed(r.Method+" "+r.Path, r.Path, h))
 		allow[r.Path] = append(allow[r.Path], r.Method)
 	}
 	// Other methods on a known path get a JSON 405 with Allow, and
@@ -121,6 +124,23 @@ func NewHandler(st store.Store, tel *telemetry.Telemetry, opts HandlerOptions) (
 		return httpx.NotFound("no route for %s %s", r.Method, r.URL.Path)
 	}))
 	return httpx.Standard(tel, "pets", a.maxBody)(mux), nil
+}
+
+// routed names the server span after the route and labels the HTTP
+// metrics with http.route. (otelhttp would do it from r.Pattern, but the
+// middleware between it and the mux copies the request, so the pattern
+// set by the mux never reaches it.)
+func routed(name, route string, h http.Handler) http.Handler {
+	attr := attribute.String("http.route", route)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		span := trace.SpanFromContext(r.Context())
+		span.SetName(name)
+		span.SetAttributes(attr)
+		if l, ok := otelhttp.LabelerFromContext(r.Context()); ok {
+			l.Add(attr)
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // listParams are the query parameters of GET /pets.

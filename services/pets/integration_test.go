@@ -133,7 +133,7 @@ func pet(i int) map[string]any {
 	}
 }
 
-func pets(n int) []map[string]any {
+func petBatch(n int) []map[string]any {
 	out := make([]map[string]any, n)
 	for i := range out {
 		out[i] = pet(i)
@@ -164,15 +164,15 @@ func TestBinaryAPI(t *testing.T) {
 	sync := roles("sync")
 
 	var got counts
-	c.json("POST", "/pets:batchUpsert", sync, map[string]any{"pets": pets(25)}, &got, 200)
+	c.json("POST", "/pets:batchUpsert", sync, map[string]any{"pets": petBatch(25)}, &got, 200)
 	if got != (counts{Inserted: 25}) {
 		t.Fatalf("first upsert %+v", got)
 	}
-	c.json("POST", "/pets:batchUpsert", roles("viewer,admin"), map[string]any{"pets": pets(25)}, &got, 200)
+	c.json("POST", "/pets:batchUpsert", roles("viewer,admin"), map[string]any{"pets": petBatch(25)}, &got, 200)
 	if got != (counts{Unchanged: 25}) {
 		t.Fatalf("second upsert %+v", got)
 	}
-	changed := pets(2)
+	changed := petBatch(2)
 	changed[1]["name"] = "Renamed"
 	c.json("POST", "/pets:batchUpsert", sync, map[string]any{"pets": changed}, &got, 200)
 	if got != (counts{Updated: 1, Unchanged: 1}) {
@@ -230,7 +230,7 @@ func TestBinaryAPI(t *testing.T) {
 		"petmesh_pets_total 24",
 		`petmesh_pets_store_query_duration_seconds_count{operation="list",result="ok"}`,
 		`petmesh_pets_upserted_total{result="inserted"} 25`,
-		"http_server_request_duration_seconds",
+		`http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/pets"`,
 	} {
 		if !strings.Contains(string(m.body), want) {
 			t.Errorf("metrics lack %q", want)
@@ -252,7 +252,7 @@ func TestBinaryBadInput(t *testing.T) {
 	p := startPets(t, filepath.Join(t.TempDir(), "pets.db"))
 	c := newClient(t, p.URL("http"))
 	var got counts
-	c.json("POST", "/pets:batchUpsert", roles("sync"), map[string]any{"pets": pets(5)}, &got, 200)
+	c.json("POST", "/pets:batchUpsert", roles("sync"), map[string]any{"pets": petBatch(5)}, &got, 200)
 	var byName page
 	c.json("GET", "/pets?sort=name&limit=2", nil, nil, &byName, 200)
 	if byName.NextCursor == "" {
@@ -261,7 +261,7 @@ func TestBinaryBadInput(t *testing.T) {
 	existing := byName.Pets[0].ID
 
 	batch := func(mutate func([]map[string]any) []map[string]any) string {
-		ps := mutate(pets(3))
+		ps := mutate(petBatch(3))
 		b, _ := json.Marshal(map[string]any{"pets": ps})
 		return string(b)
 	}
@@ -391,7 +391,7 @@ func TestBinarySharedSQLite(t *testing.T) {
 	ca, cb := newClient(t, a.URL("http")), newClient(t, b.URL("http"))
 
 	var got counts
-	ca.json("POST", "/pets:batchUpsert", roles("sync"), map[string]any{"pets": pets(10)}, &got, 200)
+	ca.json("POST", "/pets:batchUpsert", roles("sync"), map[string]any{"pets": petBatch(10)}, &got, 200)
 	var pg page
 	cb.json("GET", "/pets?limit=100", nil, nil, &pg, 200)
 	if len(pg.Pets) != 10 {

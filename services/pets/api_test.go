@@ -1,0 +1,131 @@
+package pets_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/petmesh/petmesh/internal/telemetry"
+	"github.com/petmesh/petmesh/services/pets"
+	"github.com/petmesh/petmesh/services/pets/store"
+)
+
+// newServer serves the API in-process over a real loopback socket, with
+// spans recorded.
+func newServer(t testing.TB) (*httptest.Server, *tracetest.SpanRecorder) {
+	t.Helper()
+	rec := tracetest.NewSpanRecorder()
+	tel := telemetry.NewTest(io.Discard)
+	tel.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "pets.db"), store.Options{
+		Tracer: tel.Tracer("store"), Registerer: tel.Registry,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	h, err := pets.NewHandler(st, tel, pets.HandlerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv, rec
+}
+
+// TestOpenAPI checks that the document is JSON and describes exactly the
+// routes the mux serves, and that the mux serves each of them.
+func TestOpenAPI(t *testing.T) {
+	var doc struct {
+		OpenAPI string                                `json:"openapi"`
+		Paths   map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(pets.OpenAPI(), &doc); err != nil {
+		t.Fatalf("openapi.json is not JSON: %v", err)
+	}
+	if !strings.HasPrefix(doc.OpenAPI, "3.") {
+		t.Fatalf("openapi version %q", doc.OpenAPI)
+	}
+	var documented, served []string
+	for path, ops := range doc.Paths {
+		for method := range ops {
+			documented = append(documented, strings.ToUpper(method)+" "+path)
+		}
+	}
+	for _, r := range pets.Routes {
+		served = append(served, r.Method+" "+r.Path)
+	}
+	slices.Sort(documented)
+	slices.Sort(served)
+	if !slices.Equal(documented, served) {
+		t.Fatalf("documented %v\nserved     %v", documented, served)
+	}
+
+	srv, _ := newServer(t)
+	for _, r := range pets.Routes {
+		t.Run(r.Method+" "+r.Path, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(t.Context(), r.Method, srv.URL+strings.ReplaceAll(r.Path, "{id}", "pet_000000000000000000000000"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			// A served route answers from its handler: never the mux's
+			// 405 or its "no route" 404.
+			if resp.StatusCode == http.StatusMethodNotAllowed || strings.Contains(string(b), "no route") || resp.StatusCode >= 500 {
+				t.Fatalf("status %d: %s", resp.StatusCode, b)
+			}
+		})
+	}
+}
+
+// TestTracing checks that a request yields a server span with a database
+// client span under it.
+func TestTracing(t *testing.T) {
+	srv, rec := newServer(t)
+	resp, err := srv.Client().Get(srv.URL + "/pets?species=Dog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	var server, db sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		switch s.SpanKind() {
+		case trace.SpanKindServer:
+			server = s
+		case trace.SpanKindClient:
+			if s.Name() == "SELECT pets" {
+				db = s
+			}
+		}
+	}
+	if server == nil || db == nil {
+		t.Fatalf("want a server and a db span, got %v", rec.Ended())
+	}
+	if server.Name() != "GET /pets" {
+		t.Errorf("server span %q", server.Name())
+	}
+	if db.Parent().SpanID() != server.SpanContext().SpanID() {
+		t.Errorf("db span is not a child of the server span")
+	}
+	attrs := map[string]string{}
+	for _, kv := range db.Attributes() {
+		attrs[string(kv.Key)] = kv.Value.String()
+	}
+	if attrs["db.system"] != "sqlite" || attrs["db.operation"] != "SELECT" {
+		t.Errorf("db span attributes %v", attrs)
+	}
+}
