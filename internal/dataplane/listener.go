@@ -1,0 +1,232 @@
+package dataplane
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/petmesh/petmesh/internal/httpx"
+	"github.com/petmesh/petmesh/internal/identity"
+)
+
+// AccessEntry describes one finished request. It never holds credentials.
+type AccessEntry struct {
+	Time          time.Time
+	Listener      string
+	Route         string
+	Cluster       string
+	Upstream      string // endpoint address of the last attempt
+	Method        string
+	Path          string
+	Host          string
+	ClientIP      string
+	Status        int
+	BytesSent     int64
+	Duration      time.Duration
+	Retries       int
+	Subject       string
+	TraceID       string
+	RequestID     string
+	UpstreamError string
+}
+
+// AccessLogFunc receives every finished request. The entry is only valid
+// during the call (copy it to keep it); the function must not block.
+type AccessLogFunc func(ctx context.Context, e *AccessEntry)
+
+// reqState is the per-request state: one allocation that is both the
+// request's context (so the upstream transport finds it) and the
+// response-writer wrapper (so filters and the router record into it).
+type reqState struct {
+	context.Context
+	rw          respWriter
+	entry       AccessEntry
+	stats       *rcStats
+	upstreamErr error
+}
+
+type stateKey struct{}
+
+func (s *reqState) Value(k any) any {
+	if k == (stateKey{}) {
+		return s
+	}
+	return s.Context.Value(k)
+}
+
+func stateFromContext(ctx context.Context) *reqState {
+	st, _ := ctx.Value(stateKey{}).(*reqState)
+	return st
+}
+
+func stateOf(w http.ResponseWriter) *reqState {
+	if rw, ok := w.(*respWriter); ok {
+		return rw.st
+	}
+	return nil
+}
+
+type respWriter struct {
+	http.ResponseWriter
+	st     *reqState
+	status int
+	bytes  int64
+}
+
+func (w *respWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *respWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *respWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		if w.status == 0 {
+			w.status = http.StatusOK
+		}
+		f.Flush()
+	}
+}
+
+func (w *respWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// listenerRT is the handler of one listener: identity-header stripping,
+// request id, route match, per-route filter chain, metrics and access log.
+type listenerRT struct {
+	name        string
+	table       *routeTable
+	genID       bool
+	trustedHops int
+	accessLog   AccessLogFunc
+	now         func() time.Time
+	notFound    *rcStats
+	serve       http.Handler // this handler, possibly wrapped in a server span
+}
+
+func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) { l.serve.ServeHTTP(w, r) }
+
+func (l *listenerRT) handle(w http.ResponseWriter, r *http.Request) {
+	start := l.now()
+	identity.StripHeaders(r.Header)
+	id := r.Header.Get(httpx.HeaderRequestID)
+	if !validRequestID(id) {
+		if l.genID {
+			id = httpx.NewRequestID()
+			r.Header.Set(httpx.HeaderRequestID, id)
+		} else {
+			id = ""
+			r.Header.Del(httpx.HeaderRequestID)
+		}
+	}
+	if id != "" {
+		w.Header().Set(httpx.HeaderRequestID, id)
+	}
+	st := &reqState{Context: r.Context()}
+	st.rw = respWriter{ResponseWriter: w, st: st}
+	st.entry.RequestID = id
+	rt := l.table.match(r)
+	var cancel context.CancelFunc
+	if rt == nil {
+		st.stats = l.notFound
+		httpx.WriteError(&st.rw, &httpx.Error{Status: http.StatusNotFound, Code: httpx.CodeNotFound, Message: "no route matches " + r.Method + " " + r.URL.Path})
+	} else {
+		st.entry.Route = rt.name
+		if rt.timeout.d > 0 {
+			st.Context, cancel = context.WithTimeout(st.Context, time.Duration(rt.timeout.d))
+		}
+		rt.handler.ServeHTTP(&st.rw, r.WithContext(st))
+		if cancel != nil {
+			cancel()
+		}
+	}
+	l.finish(r, st, start)
+}
+
+func (l *listenerRT) finish(r *http.Request, st *reqState, start time.Time) {
+	d := l.now().Sub(start)
+	status := st.rw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	if s := st.stats; s != nil {
+		s.code(status).Inc()
+		s.dur.Observe(d.Seconds())
+	}
+	if l.accessLog == nil {
+		return
+	}
+	e := &st.entry
+	e.Time, e.Listener, e.Method, e.Path, e.Host = start, l.name, r.Method, r.URL.Path, r.Host
+	e.ClientIP = clientIP(r, l.trustedHops)
+	e.Status, e.BytesSent, e.Duration = status, st.rw.bytes, d
+	if st.upstreamErr != nil {
+		e.UpstreamError = st.upstreamErr.Error()
+	}
+	if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
+		e.TraceID = sc.TraceID().String()
+	} else if tp := r.Header.Get("Traceparent"); len(tp) >= 35 {
+		e.TraceID = tp[3:35]
+	}
+	l.accessLog(r.Context(), e)
+}
+
+// clientIP is the remote address, or with trusted hops the address that
+// many entries from the right of X-Forwarded-For (as Envoy's
+// xff_num_trusted_hops).
+func clientIP(r *http.Request, trustedHops int) string {
+	if trustedHops > 0 {
+		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			parts := strings.Split(strings.Join(xff, ","), ",")
+			if i := len(parts) - trustedHops; i >= 0 && i < len(parts) {
+				if ip := strings.TrimSpace(parts[i]); ip != "" {
+					return ip
+				}
+			}
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func validRequestID(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// directResponse answers from the route itself.
+type directResponse struct {
+	status int
+	body   []byte
+}
+
+func (d *directResponse) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	if len(d.body) > 0 {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	}
+	w.WriteHeader(d.status)
+	_, _ = w.Write(d.body)
+}

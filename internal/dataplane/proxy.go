@@ -1,0 +1,368 @@
+package dataplane
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/petmesh/petmesh/internal/httpx"
+)
+
+// HeaderOverloaded marks a 503 caused by a circuit-breaker threshold.
+const HeaderOverloaded = "X-Petmesh-Overloaded"
+
+// retryPolicy is a compiled Envoy RetryPolicy.
+type retryPolicy struct {
+	num                        int
+	perTry                     time.Duration
+	base, max                  time.Duration
+	on5xx, onGw, onReset, onCF bool
+	codes                      []int
+	nonIdempotent              bool
+}
+
+func (p *retryPolicy) retriableStatus(code int) bool {
+	switch {
+	case p.on5xx && code >= 500:
+		return true
+	case p.onGw && (code == 502 || code == 503 || code == 504):
+		return true
+	}
+	for _, c := range p.codes {
+		if c == code {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *retryPolicy) retriableErr(err error) bool {
+	switch {
+	case isConnectErr(err):
+		return p.onCF || p.on5xx || p.onGw
+	case errors.Is(err, context.DeadlineExceeded): // per-try timeout
+		return p.on5xx || p.onGw
+	default: // reset, EOF, protocol error
+		return p.onReset || p.on5xx
+	}
+}
+
+func isConnectErr(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// target is one (route, cluster) pair with its reverse proxy.
+type target struct {
+	clusterName string
+	weight      uint64
+	cl          *clusterRT // nil when the cluster is missing
+	proxy       *httputil.ReverseProxy
+	stats       *rcStats
+}
+
+// router is the terminal handler of a route: it picks a weighted target,
+// applies the cluster's circuit breakers and proxies with retries.
+type router struct {
+	targets     []*target
+	totalWeight uint64
+	rand        func(uint64) uint64
+}
+
+func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	t := rt.targets[0]
+	if len(rt.targets) > 1 {
+		n := rt.rand(rt.totalWeight)
+		for _, c := range rt.targets {
+			if n < c.weight {
+				t = c
+				break
+			}
+			n -= c.weight
+		}
+	}
+	st := stateOf(w)
+	if st != nil {
+		st.stats, st.entry.Cluster = t.stats, t.clusterName
+	}
+	if t.cl == nil {
+		writeUpstreamError(w, r, errClusterNotFound)
+		return
+	}
+	if err := t.cl.admit(r.Context()); err != nil {
+		writeUpstreamError(w, r, err)
+		return
+	}
+	defer t.cl.release()
+	t.proxy.ServeHTTP(w, r)
+}
+
+var bufPool = &bytePool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+
+type bytePool struct{ p sync.Pool }
+
+func (b *bytePool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bytePool) Put(s []byte) { b.p.Put(&s) }
+
+// rewriteCfg is the per-route request rewrite.
+type rewriteCfg struct {
+	prefix, prefixRewrite string
+	host                  string
+	trustedHops           int
+}
+
+func newProxy(cl *clusterRT, policy *retryPolicy, rw rewriteCfg, maxBody int64) *httputil.ReverseProxy {
+	at := &attemptTransport{cl: cl, policy: policy, maxBody: maxBody}
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			out := pr.Out
+			out.URL.Scheme = "http"
+			out.URL.Host = cl.name // replaced by the chosen endpoint per attempt
+			if rw.prefixRewrite != "" || rw.prefix != "" {
+				if strings.HasPrefix(out.URL.Path, rw.prefix) {
+					p := rw.prefixRewrite + out.URL.Path[len(rw.prefix):]
+					if p == "" || p[0] != '/' {
+						p = "/" + p
+					}
+					out.URL.Path, out.URL.RawPath = p, ""
+				}
+			}
+			if rw.host != "" {
+				out.Host = rw.host
+			} else {
+				out.Host = pr.In.Host
+			}
+			if rw.trustedHops > 0 {
+				if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
+					out.Header["X-Forwarded-For"] = xff
+				}
+			}
+			pr.SetXForwarded()
+		},
+		Transport:    at,
+		BufferPool:   bufPool,
+		ErrorHandler: writeUpstreamError,
+		ModifyResponse: func(resp *http.Response) error {
+			// The proxy's own request id is already on the response.
+			resp.Header.Del("X-Request-Id")
+			return nil
+		},
+	}
+}
+
+// attemptTransport runs the attempts of one request: endpoint choice,
+// per-try timeout, retries with backoff under the budget, and outlier
+// accounting.
+type attemptTransport struct {
+	cl      *clusterRT
+	policy  *retryPolicy
+	maxBody int64
+}
+
+func (a *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	cl, p := a.cl, a.policy
+	st := stateFromContext(req.Context())
+	retries := 0
+	var replay []byte
+	if p != nil && p.num > 0 && (p.nonIdempotent || idempotent(req.Method)) {
+		retries = p.num
+		if req.Body != nil && req.Body != http.NoBody {
+			if req.ContentLength > a.maxBody {
+				retries = 0
+			} else {
+				buf, err := io.ReadAll(io.LimitReader(req.Body, a.maxBody+1))
+				if err != nil {
+					return nil, err
+				}
+				if int64(len(buf)) > a.maxBody {
+					retries = 0 // too large to replay: send once
+					req.Body = struct {
+						io.Reader
+						io.Closer
+					}{io.MultiReader(bytes.NewReader(buf), req.Body), req.Body}
+				} else {
+					req.Body.Close()
+					replay = buf
+					req.Body = io.NopCloser(bytes.NewReader(buf))
+				}
+			}
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		ep := cl.pick()
+		if ep == nil {
+			if attempt > 0 {
+				cl.retryDone()
+			}
+			return nil, errNoHealthyUpstream
+		}
+		areq := req
+		if attempt > 0 || p != nil && p.perTry > 0 {
+			areq = req.WithContext(req.Context())
+			u := *req.URL
+			areq.URL = &u
+			if attempt > 0 && replay != nil {
+				areq.Body = io.NopCloser(bytes.NewReader(replay))
+			}
+		}
+		areq.URL.Host = ep.addr
+		var cancel context.CancelFunc
+		if p != nil && p.perTry > 0 {
+			var ctx context.Context
+			ctx, cancel = context.WithTimeout(req.Context(), p.perTry)
+			areq = areq.WithContext(ctx)
+		}
+		if st != nil {
+			st.entry.Upstream = ep.addr
+		}
+		ep.active.Add(1)
+		resp, err := cl.transport.RoundTrip(areq)
+		ep.active.Add(-1)
+		if attempt > 0 {
+			cl.retryDone()
+		}
+
+		o := outcomeOK
+		switch {
+		case err != nil:
+			if req.Context().Err() == nil { // not the client's or the route's doing
+				o = outcomeGateway
+			}
+		case resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504:
+			o = outcomeGateway
+		case resp.StatusCode >= 500:
+			o = outcome5xx
+		}
+		cl.report(ep, o)
+
+		retry := attempt < retries && req.Context().Err() == nil
+		if retry {
+			if err != nil {
+				retry = p.retriableErr(err) && !errors.Is(err, errOverloaded)
+			} else {
+				retry = p.retriableStatus(resp.StatusCode)
+			}
+		}
+		if retry && !cl.retryAllowed() {
+			retry = false
+		}
+		if !retry {
+			if err != nil {
+				if cancel != nil {
+					cancel()
+				}
+				return nil, err
+			}
+			if cancel != nil {
+				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+			}
+			return resp, nil
+		}
+		if resp != nil {
+			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+			resp.Body.Close()
+		}
+		if cancel != nil {
+			cancel()
+		}
+		cl.stats.retries.WithLabelValues(cl.name).Inc()
+		if st != nil {
+			st.entry.Retries++
+		}
+		if !a.backoff(req.Context(), attempt) {
+			cl.retryDone()
+			return nil, req.Context().Err()
+		}
+	}
+}
+
+// backoff sleeps a random time in [0, min(max, base*2^attempt)) (full
+// jitter); false when ctx ends first.
+func (a *attemptTransport) backoff(ctx context.Context, attempt int) bool {
+	p := a.policy
+	d := p.base << min(attempt, 16)
+	if d > p.max || d <= 0 {
+		d = p.max
+	}
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	d = time.Duration(a.cl.opts.Rand(uint64(d)))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// StatusClientClosedRequest is the status recorded (never seen by the
+// client) when the client went away before the response.
+const StatusClientClosedRequest = 499
+
+// errorStatus maps an upstream error to the response: circuit breaker and
+// no healthy endpoint 503, connect failure 503, timeouts 504, client gone
+// 499, anything else (reset, protocol error) 502.
+func errorStatus(r *http.Request, err error) *httpx.Error {
+	switch {
+	case errors.Is(err, errOverloaded):
+		return &httpx.Error{Status: 503, Code: httpx.CodeUnavailable, Message: "upstream overloaded"}
+	case errors.Is(err, errNoHealthyUpstream):
+		return &httpx.Error{Status: 503, Code: httpx.CodeUnavailable, Message: "no healthy upstream"}
+	case errors.Is(err, errClusterNotFound):
+		return &httpx.Error{Status: 503, Code: httpx.CodeUnavailable, Message: "cluster not found"}
+	case errors.Is(r.Context().Err(), context.Canceled):
+		return &httpx.Error{Status: StatusClientClosedRequest, Code: httpx.CodeClientClosed, Message: "client closed the request"}
+	case errors.Is(r.Context().Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		return &httpx.Error{Status: 504, Code: httpx.CodeTimeout, Message: "upstream request timeout"}
+	case isConnectErr(err):
+		return &httpx.Error{Status: 503, Code: httpx.CodeUnavailable, Message: "upstream connect error"}
+	default:
+		return &httpx.Error{Status: 502, Code: httpx.CodeBadGateway, Message: "upstream reset or protocol error"}
+	}
+}
+
+func writeUpstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	e := errorStatus(r, err)
+	if st := stateOf(w); st != nil {
+		st.upstreamErr = err
+	}
+	if errors.Is(err, errOverloaded) {
+		w.Header().Set(HeaderOverloaded, "true")
+	}
+	if e.Status == StatusClientClosedRequest {
+		if st := stateOf(w); st != nil {
+			st.rw.status = StatusClientClosedRequest
+		}
+		return // nobody is listening; recorded for logs and metrics
+	}
+	httpx.WriteError(w, e)
+}
