@@ -50,6 +50,10 @@ type TokenHandlerConfig struct {
 	// Now is the clock of the default rate limiters; time.Now when nil.
 	Now    func() time.Time
 	Logger *slog.Logger
+
+	// dummyHash replaces the generated dummy hash (tests: bcrypt under the
+	// race detector is slow).
+	dummyHash []byte
 }
 
 // TokenHandler serves POST /auth/token. It is safe for concurrent use.
@@ -90,19 +94,27 @@ func NewTokenHandler(cfg TokenHandlerConfig) (*TokenHandler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	dummy := cfg.dummyHash
+	if dummy == nil {
+		cost := dummyCost(cfg.Users, cfg.ServiceAccounts)
+		var pw [18]byte
+		_, _ = rand.Read(pw[:])
+		if dummy, err = bcrypt.GenerateFromPassword([]byte(base64.RawStdEncoding.EncodeToString(pw[:])), cost); err != nil {
+			return nil, fmt.Errorf("token handler: dummy hash: %w", err)
+		}
+	}
+	return &TokenHandler{cfg: cfg, dummy: dummy}, nil
+}
+
+// dummyCost is the highest bcrypt cost among the principals.
+func dummyCost(creds ...*Credentials) int {
 	cost := MinBcryptCost
-	for _, c := range []*Credentials{cfg.Users, cfg.ServiceAccounts} {
+	for _, c := range creds {
 		if c != nil {
 			cost = max(cost, c.maxCost)
 		}
 	}
-	var pw [18]byte
-	_, _ = rand.Read(pw[:])
-	dummy, err := bcrypt.GenerateFromPassword([]byte(base64.RawStdEncoding.EncodeToString(pw[:])), cost)
-	if err != nil {
-		return nil, fmt.Errorf("token handler: dummy hash: %w", err)
-	}
-	return &TokenHandler{cfg: cfg, dummy: dummy}, nil
+	return cost
 }
 
 func remoteIP(r *http.Request) string {
