@@ -51,7 +51,10 @@ type Memory struct {
 	bc         *broadcaster
 
 	mu        sync.Mutex
-	instances map[string]*memEntry
+	instances map[string]*memEntry            // by id
+	bySvc     map[string]map[string]*memEntry // by service, then id
+	snap      map[string][]Instance           // last published, by service; never modified
+	dirty     map[string]bool                 // services changed since the last publish
 }
 
 type memEntry struct {
@@ -89,7 +92,8 @@ func NewMemory(opts MemoryOptions) (*Memory, error) {
 	r := &Memory{
 		clock: opts.Clock, defaultTTL: opts.DefaultTTL, sweep: opts.SweepInterval,
 		log: opts.Logger, metrics: m, bc: newBroadcaster(m),
-		instances: map[string]*memEntry{},
+		instances: map[string]*memEntry{}, bySvc: map[string]map[string]*memEntry{},
+		snap: map[string][]Instance{}, dirty: map[string]bool{},
 	}
 	r.bc.publish(Snapshot{Services: map[string][]Instance{}})
 	return r, nil
@@ -111,15 +115,17 @@ func (r *Memory) Register(_ context.Context, reg Registration) error {
 	now := r.clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.expireLocked(now)
-	_, replaced := r.instances[reg.ID]
-	r.instances[reg.ID] = &memEntry{
+	old, replaced := r.instances[reg.ID]
+	if replaced {
+		r.removeLocked(old)
+	}
+	r.addLocked(&memEntry{
 		inst: Instance{
 			Service: reg.Service, ID: reg.ID, Address: reg.Address, Port: reg.Port,
 			Version: reg.Version, Metadata: cloneMeta(reg.Metadata), Health: HealthPassing,
 		},
 		ttl: ttl, expires: now.Add(ttl),
-	}
+	})
 	r.log.Info("instance registered", "service", reg.Service, "id", reg.ID, "address", reg.Address, "port", reg.Port, "version", reg.Version, "ttl", ttl, "replaced", replaced)
 	r.publishLocked()
 	return nil
@@ -130,8 +136,7 @@ func (r *Memory) Heartbeat(_ context.Context, id string) error {
 	now := r.clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.expireLocked(now)
-	e, ok := r.instances[id]
+	e, ok := r.liveLocked(id, now)
 	if !ok {
 		return fmt.Errorf("heartbeat %q: %w", id, ErrNotFound)
 	}
@@ -147,16 +152,19 @@ func (r *Memory) SetHealth(_ context.Context, id string, h Health, output string
 	now := r.clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.expireLocked(now)
-	e, ok := r.instances[id]
+	e, ok := r.liveLocked(id, now)
 	if !ok {
 		return fmt.Errorf("set health of %q: %w", id, ErrNotFound)
 	}
 	e.expires = now.Add(e.ttl)
+	if e.inst.Health == h && e.inst.Output == output {
+		return nil
+	}
 	if e.inst.Health != h {
 		r.log.Info("instance health changed", "service", e.inst.Service, "id", id, "from", e.inst.Health, "to", h, "output", output)
 	}
 	e.inst.Health, e.inst.Output = h, output
+	r.dirty[e.inst.Service] = true
 	r.publishLocked()
 	return nil
 }
@@ -166,12 +174,11 @@ func (r *Memory) Deregister(_ context.Context, id string) error {
 	now := r.clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.expireLocked(now)
-	e, ok := r.instances[id]
+	e, ok := r.liveLocked(id, now)
 	if !ok {
 		return fmt.Errorf("deregister %q: %w", id, ErrNotFound)
 	}
-	delete(r.instances, id)
+	r.removeLocked(e)
 	r.log.Info("instance deregistered", "service", e.inst.Service, "id", id)
 	r.publishLocked()
 	return nil
@@ -215,28 +222,90 @@ func (r *Memory) Sweep() {
 	}
 }
 
+// liveLocked returns the instance with that id unless its TTL has lapsed,
+// in which case it is removed (and watchers told) first.
+func (r *Memory) liveLocked(id string, now time.Time) (*memEntry, bool) {
+	e, ok := r.instances[id]
+	if !ok {
+		return nil, false
+	}
+	if now.Before(e.expires) {
+		return e, true
+	}
+	r.expireEntryLocked(e, now)
+	r.publishLocked()
+	return nil, false
+}
+
 // expireLocked removes expired instances; it reports whether any was.
 func (r *Memory) expireLocked(now time.Time) bool {
 	changed := false
-	for id, e := range r.instances {
+	for _, e := range r.instances {
 		if !now.Before(e.expires) {
-			delete(r.instances, id)
-			r.metrics.expired.Inc()
-			r.log.Warn("instance expired", "service", e.inst.Service, "id", id, "ttl", e.ttl, "late_by", now.Sub(e.expires))
+			r.expireEntryLocked(e, now)
 			changed = true
 		}
 	}
 	return changed
 }
 
-// publishLocked publishes the current content. Called with r.mu held so
-// that snapshots reach watchers in the order of the changes.
-func (r *Memory) publishLocked() {
-	l := make([]Instance, 0, len(r.instances))
-	for _, e := range r.instances {
-		l = append(l, e.inst)
+func (r *Memory) expireEntryLocked(e *memEntry, now time.Time) {
+	r.removeLocked(e)
+	r.metrics.expired.Inc()
+	r.log.Warn("instance expired", "service", e.inst.Service, "id", e.inst.ID, "ttl", e.ttl, "late_by", now.Sub(e.expires))
+}
+
+func (r *Memory) addLocked(e *memEntry) {
+	r.instances[e.inst.ID] = e
+	m := r.bySvc[e.inst.Service]
+	if m == nil {
+		m = map[string]*memEntry{}
+		r.bySvc[e.inst.Service] = m
 	}
-	r.bc.publish(NewSnapshot(l))
+	m[e.inst.ID] = e
+	r.dirty[e.inst.Service] = true
+}
+
+func (r *Memory) removeLocked(e *memEntry) {
+	delete(r.instances, e.inst.ID)
+	if m := r.bySvc[e.inst.Service]; m != nil {
+		delete(m, e.inst.ID)
+		if len(m) == 0 {
+			delete(r.bySvc, e.inst.Service)
+		}
+	}
+	r.dirty[e.inst.Service] = true
+}
+
+// publishLocked publishes the current content, rebuilding only the
+// services changed since the last publish (the others' slices are shared:
+// snapshots are immutable). Called with r.mu held so that snapshots reach
+// watchers in the order of the changes.
+func (r *Memory) publishLocked() {
+	if len(r.dirty) == 0 {
+		return
+	}
+	next := make(map[string][]Instance, len(r.bySvc))
+	for name, l := range r.snap {
+		if !r.dirty[name] {
+			next[name] = l
+		}
+	}
+	for name := range r.dirty {
+		m := r.bySvc[name]
+		if len(m) == 0 {
+			continue
+		}
+		l := make([]Instance, 0, len(m))
+		for _, e := range m {
+			l = append(l, e.inst.clone())
+		}
+		sortInstances(l)
+		next[name] = l
+	}
+	clear(r.dirty)
+	r.snap = next
+	r.bc.publish(Snapshot{Services: next})
 }
 
 func cloneMeta(m map[string]string) map[string]string {
