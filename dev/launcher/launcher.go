@@ -1,0 +1,214 @@
+// Package launcher starts the petmesh topology on one machine for
+// development (`make run`, `make start`): every process is a real binary
+// from the bin directory, with its log in <dir>/logs and its pid in
+// <dir>/pids. It waits for each process to announce its listeners, prints
+// the URLs and the dev credentials, and on SIGINT/SIGTERM stops the
+// processes in reverse start order, each with SIGTERM and then SIGKILL.
+package launcher
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Proc describes one process of the topology.
+type Proc struct {
+	// Name is unique; it names the log and pid files.
+	Name string
+	// Bin is the binary's file name inside the bin directory.
+	Bin  string
+	Args []string
+	Env  []string
+	// Listeners are the listener names the process must announce before
+	// the next process starts.
+	Listeners []string
+	// Job processes run to completion (their exit is not an error).
+	Job bool
+}
+
+// running is a started process.
+type running struct {
+	proc  Proc
+	cmd   *exec.Cmd
+	done  chan struct{}
+	err   error
+	mu    sync.Mutex
+	addrs map[string]string
+}
+
+// Launcher owns the processes it starts.
+type Launcher struct {
+	BinDir string
+	RunDir string
+	Out    io.Writer
+	// StartTimeout bounds the wait for one process's listeners.
+	StartTimeout time.Duration
+	// StopTimeout bounds the wait after SIGTERM before SIGKILL.
+	StopTimeout time.Duration
+
+	mu    sync.Mutex
+	procs []*running
+}
+
+// Start starts p and waits until it has announced its listeners.
+func (l *Launcher) Start(ctx context.Context, p Proc) error {
+	for _, d := range []string{"logs", "pids"} {
+		if err := os.MkdirAll(filepath.Join(l.RunDir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	logf, err := os.Create(filepath.Join(l.RunDir, "logs", p.Name+".log"))
+	if err != nil {
+		return err
+	}
+	bin := filepath.Join(l.BinDir, p.Bin)
+	cmd := exec.Command(bin, p.Args...)
+	cmd.Env = append(os.Environ(), p.Env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	cmd.Stderr = pw
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", p.Name, err)
+	}
+	_ = os.WriteFile(filepath.Join(l.RunDir, "pids", p.Name+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+	r := &running{proc: p, cmd: cmd, done: make(chan struct{}), addrs: map[string]string{}}
+	announced := make(chan struct{})
+	go func() {
+		defer logf.Close()
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		closed := len(p.Listeners) == 0
+		if closed {
+			close(announced)
+		}
+		for sc.Scan() {
+			line := sc.Bytes()
+			_, _ = logf.Write(append(line, '\n'))
+			var rec struct{ Msg, Name, Addr string }
+			if json.Unmarshal(line, &rec) == nil && rec.Msg == "listening" {
+				r.mu.Lock()
+				r.addrs[rec.Name] = rec.Addr
+				all := true
+				for _, n := range p.Listeners {
+					if _, ok := r.addrs[n]; !ok {
+						all = false
+					}
+				}
+				r.mu.Unlock()
+				if all && !closed {
+					close(announced)
+					closed = true
+				}
+			}
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	go func() {
+		r.err = cmd.Wait()
+		_ = pw.Close()
+		close(r.done)
+	}()
+	l.mu.Lock()
+	l.procs = append(l.procs, r)
+	l.mu.Unlock()
+
+	timeout := l.StartTimeout
+	if timeout == 0 {
+		timeout = 90 * time.Second
+	}
+	select {
+	case <-announced:
+		fmt.Fprintf(l.Out, "  started %-20s pid %d\n", p.Name, cmd.Process.Pid)
+		return nil
+	case <-r.done:
+		if p.Job && r.err == nil {
+			return nil
+		}
+		return fmt.Errorf("%s exited during start (%v); see %s", p.Name, r.err, filepath.Join(l.RunDir, "logs", p.Name+".log"))
+	case <-time.After(timeout):
+		return fmt.Errorf("%s did not announce %v within %v; see %s", p.Name, p.Listeners, timeout, filepath.Join(l.RunDir, "logs", p.Name+".log"))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Exited returns a channel closed when any non-job process exits, with
+// its name and error.
+func (l *Launcher) Exited() <-chan string {
+	ch := make(chan string, 1)
+	l.mu.Lock()
+	procs := append([]*running(nil), l.procs...)
+	l.mu.Unlock()
+	for _, r := range procs {
+		if r.proc.Job {
+			continue
+		}
+		go func() {
+			<-r.done
+			select {
+			case ch <- fmt.Sprintf("%s exited: %v", r.proc.Name, r.err):
+			default:
+			}
+		}()
+	}
+	return ch
+}
+
+// StopAll stops every process in reverse start order.
+func (l *Launcher) StopAll() error {
+	l.mu.Lock()
+	procs := append([]*running(nil), l.procs...)
+	l.procs = nil
+	l.mu.Unlock()
+	timeout := l.StopTimeout
+	if timeout == 0 {
+		timeout = 15 * time.Second
+	}
+	var errs []error
+	for i := len(procs) - 1; i >= 0; i-- {
+		r := procs[i]
+		select {
+		case <-r.done:
+			continue
+		default:
+		}
+		_ = r.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-r.done:
+		case <-time.After(timeout):
+			_ = syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+			<-r.done
+			errs = append(errs, fmt.Errorf("%s did not stop within %v; killed", r.proc.Name, timeout))
+		}
+		_ = os.Remove(filepath.Join(l.RunDir, "pids", r.proc.Name+".pid"))
+		fmt.Fprintf(l.Out, "  stopped %s\n", r.proc.Name)
+	}
+	return errors.Join(errs...)
+}
+
+// Addr returns the announced address of a listener of a running process.
+func (l *Launcher) Addr(proc, listener string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.procs {
+		if r.proc.Name == proc {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return r.addrs[listener]
+		}
+	}
+	return ""
+}
