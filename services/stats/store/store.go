@@ -252,30 +252,27 @@ func (s *Store) Write(ctx context.Context, evs []Event) error {
 		return fmt.Errorf("prepare upsert: %w", err)
 	}
 	defer up.Close()
+	var cs []counter
 	for k, a := range aggs {
 		var (
 			count, errs int64
 			blob        []byte
 		)
+		snap := a.h.Export()
 		err := sel.QueryRowContext(ctx, k.res, k.start, k.route, k.status, k.subject).Scan(&count, &errs, &blob)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 		case err != nil:
 			return fmt.Errorf("read aggregate: %w", err)
 		default:
-			old, err := decodeHist(blob)
-			if err != nil {
-				return err
+			if cs, err = decodeCounters(cs[:0], blob, len(snap.Counts)); err != nil {
+				return fmt.Errorf("aggregate %s/%d/%d: %w", k.route, k.status, k.start, err)
 			}
-			a.h.Merge(old)
+			addCounters(snap.Counts, cs)
 			a.count += count
 			a.errors += errs
 		}
-		enc, err := encodeHist(a.h)
-		if err != nil {
-			return err
-		}
-		if _, err := up.ExecContext(ctx, k.res, k.start, k.route, k.status, k.subject, a.count, a.errors, enc); err != nil {
+		if _, err := up.ExecContext(ctx, k.res, k.start, k.route, k.status, k.subject, a.count, a.errors, encodeCounts(snap.Counts)); err != nil {
 			return fmt.Errorf("write aggregate: %w", err)
 		}
 	}
@@ -353,27 +350,32 @@ type Report struct {
 	Buckets []Bucket  `json:"buckets"`
 }
 
+// merged accumulates rows: counts of the stored histogram configuration.
 type merged struct {
 	count, errors int64
-	h             *hdrhistogram.Histogram
+	counts        []int64
 }
 
-func (m *merged) add(count, errs int64, h *hdrhistogram.Histogram) {
-	if m.h == nil {
-		m.h = newHist()
+func (m *merged) add(count, errs int64, cs []counter) {
+	if m.counts == nil {
+		m.counts = newCounts()
 	}
 	m.count += count
 	m.errors += errs
-	m.h.Merge(h)
+	addCounters(m.counts, cs)
+}
+
+func (m *merged) latency() Latency {
+	if m.counts == nil {
+		return Latency{}
+	}
+	return latencyOf(histFromCounts(m.counts))
 }
 
 func (m *merged) summary() Summary {
-	s := Summary{Count: m.count, Errors: m.errors}
+	s := Summary{Count: m.count, Errors: m.errors, Latency: m.latency()}
 	if m.count > 0 {
 		s.ErrorRatio = float64(m.errors) / float64(m.count)
-	}
-	if m.h != nil {
-		s.Latency = latencyOf(m.h)
 	}
 	return s
 }
@@ -395,7 +397,11 @@ func (s *Store) Requests(ctx context.Context, w Window, by string, now time.Time
 	n := w.Buckets()
 	buckets := make([]merged, n)
 	groups := make(map[string]*merged)
-	var overall merged
+	var (
+		overall   merged
+		cs        []counter
+		countsLen = len(newCounts())
+	)
 	for rows.Next() {
 		var (
 			start, count, errs int64
@@ -406,9 +412,8 @@ func (s *Store) Requests(ctx context.Context, w Window, by string, now time.Time
 		if err := rows.Scan(&start, &route, &status, &subject, &count, &errs, &blob); err != nil {
 			return nil, fmt.Errorf("scan aggregate: %w", err)
 		}
-		h, err := decodeHist(blob)
-		if err != nil {
-			return nil, err
+		if cs, err = decodeCounters(cs[:0], blob, countsLen); err != nil {
+			return nil, fmt.Errorf("aggregate %s/%d/%d: %w", route, status, start, err)
 		}
 		var key string
 		switch by {
@@ -424,10 +429,10 @@ func (s *Store) Requests(ctx context.Context, w Window, by string, now time.Time
 			g = &merged{}
 			groups[key] = g
 		}
-		g.add(count, errs, h)
-		overall.add(count, errs, h)
+		g.add(count, errs, cs)
+		overall.add(count, errs, cs)
 		if i := int((start - first.Unix()) / res); i >= 0 && i < n {
-			buckets[i].add(count, errs, h)
+			buckets[i].add(count, errs, cs)
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -457,9 +462,7 @@ func (s *Store) Requests(ctx context.Context, w Window, by string, now time.Time
 	})
 	for i := range buckets {
 		b := Bucket{Start: first.Add(time.Duration(i) * w.Res), Count: buckets[i].count, Errors: buckets[i].errors}
-		if buckets[i].h != nil {
-			b.P99 = latencyOf(buckets[i].h).P99
-		}
+		b.P99 = buckets[i].latency().P99
 		rep.Buckets[i] = b
 	}
 	return rep, nil

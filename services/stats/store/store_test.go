@@ -2,10 +2,14 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"math"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 func openTest(t testing.TB) *Store {
@@ -392,18 +396,38 @@ func TestHistogramRoundTrip(t *testing.T) {
 			t.Fatalf("record %d: %v", v, err)
 		}
 	}
-	b, err := encodeHist(h)
+	snap := h.Export()
+	b := encodeCounts(snap.Counts)
+	cs, err := decodeCounters(nil, b, len(snap.Counts))
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := decodeHist(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !got.Equals(h) {
+	c := newCounts()
+	addCounters(c, cs)
+	if got := histFromCounts(c); !got.Equals(h) {
 		t.Error("decoded histogram differs from the original")
 	}
-	if _, err := decodeHist([]byte("not a histogram")); err == nil {
-		t.Error("decoding garbage: want an error")
+	other := hdrhistogram.New(1, 1000, 3).Export()
+	for _, bad := range []struct {
+		desc string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"garbage", []byte("not a histogram")},
+		{"truncated", b[:len(b)-1]},
+		{"index out of range", append(b[:len(b):len(b)], 0xff, 0xff, 0x03, 0x01)},
+		{"zero gap", append(b[:len(b):len(b)], 0x00, 0x01)},
+		{"other configuration", func() []byte {
+			e := []byte{encodingV1}
+			e = binary.AppendUvarint(e, uint64(other.LowestTrackableValue))
+			e = binary.AppendUvarint(e, uint64(other.HighestTrackableValue))
+			return binary.AppendUvarint(e, uint64(other.SignificantFigures))
+		}()},
+	} {
+		t.Run(bad.desc, func(t *testing.T) {
+			if _, err := decodeCounters(nil, bad.b, len(snap.Counts)); !errors.Is(err, errBadEncoding) {
+				t.Errorf("err = %v, want errBadEncoding", err)
+			}
+		})
 	}
 }
