@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"embed"
 	"fmt"
@@ -125,4 +126,21 @@ func (s *SQLStore) migrate(ctx context.Context, dir string, lock func(ctx contex
 		return fmt.Errorf("commit migrations: %w", err)
 	}
 	return nil
+}
+
+// SchemaID names the schema that the embedded migrations for dialect dir
+// ("sqlite" or "postgres") build: the newest version and a hash of every
+// migration's text. Caches of seeded databases key on it.
+func SchemaID(dir string) (string, error) {
+	ms, err := loadMigrations(dir)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	v := 0
+	for _, m := range ms {
+		h.Write([]byte(m.sql))
+		v = m.version
+	}
+	return fmt.Sprintf("v%d-%x", v, h.Sum(nil)[:4]), nil
 }

@@ -93,15 +93,11 @@ type cursor struct {
 	ID   string `json:"i"`
 }
 
-func encodeCursor(s Sort, p *Pet) string {
-	c := cursor{Sort: s, ID: p.ID}
-	switch s.column() {
-	case "name":
-		c.Name = p.Name
-	case "published_at":
-		c.Time = p.PublishedAt.UnixMicro()
-	case "updated_at":
-		c.Time = p.UpdatedAt.UnixMicro()
+func (c cursor) encode() string {
+	if c.Sort.byName() {
+		c.Time = 0
+	} else {
+		c.Name = ""
 	}
 	b, _ := json.Marshal(c) // cannot fail
 	return base64.RawURLEncoding.EncodeToString(b)

@@ -28,9 +28,16 @@ type Store interface {
 	Upsert(ctx context.Context, pets []PetInput) (UpsertResult, error)
 	// Get returns the pet or an error wrapping ErrNotFound.
 	Get(ctx context.Context, id string) (Pet, error)
+	// GetJSON is Get returning the pet's JSON encoding as stored.
+	GetJSON(ctx context.Context, id string) (json.RawMessage, error)
 	// List returns one page; errors wrap ErrBadCursor or ErrInvalid for
 	// bad queries.
 	List(ctx context.Context, q ListQuery) (ListResult, error)
+	// AppendListJSON is List appending the page's pets to dst as the
+	// elements of a JSON array (the stored encodings, comma-separated,
+	// without brackets). It is the fast path of the API, which neither
+	// decodes nor re-encodes pets.
+	AppendListJSON(ctx context.Context, dst []byte, q ListQuery) (out []byte, nextCursor string, err error)
 	// Delete removes the pet or returns an error wrapping ErrNotFound.
 	Delete(ctx context.Context, id string) error
 	// Count returns the number of pets.
@@ -199,51 +206,45 @@ func (s *SQLStore) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
 	return st, nil
 }
 
-const petColumns = `id, source, source_id, name, species, breed_primary, breed_secondary, breed_mixed,
- age, gender, size, color_primary, color_secondary, color_tertiary, status, description, photos,
- organization_id, city, state, postcode, country, published_at, updated_at`
-
-type scanner interface{ Scan(dest ...any) error }
-
-func scanPet(sc scanner, p *Pet) error {
-	var photos []byte
-	var pub, upd int64
-	err := sc.Scan(&p.ID, &p.Source, &p.SourceID, &p.Name, &p.Species,
-		&p.Breeds.Primary, &p.Breeds.Secondary, &p.Breeds.Mixed,
-		&p.Age, &p.Gender, &p.Size, &p.Colors.Primary, &p.Colors.Secondary, &p.Colors.Tertiary,
-		&p.Status, &p.Description, &photos, &p.OrganizationID,
-		&p.Location.City, &p.Location.State, &p.Location.Postcode, &p.Location.Country, &pub, &upd)
-	if err != nil {
-		return err
+// decodePet decodes a stored doc.
+func decodePet(doc []byte, p *Pet) error {
+	if err := json.Unmarshal(doc, p); err != nil {
+		return fmt.Errorf("decode stored pet: %w", err)
 	}
-	p.PublishedAt, p.UpdatedAt = fromMicros(pub), fromMicros(upd)
-	p.Photos = []string{}
-	if len(photos) > 2 {
-		if err := json.Unmarshal(photos, &p.Photos); err != nil {
-			return fmt.Errorf("decode photos of %s: %w", p.ID, err)
-		}
+	if p.Photos == nil {
+		p.Photos = []string{}
 	}
 	return nil
 }
 
 // Get implements Store.
-func (s *SQLStore) Get(ctx context.Context, id string) (p Pet, err error) {
-	if !ValidID(id) {
-		return p, fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
-	ctx, done := s.observe(ctx, "get", "SELECT")
-	defer func() { done(err) }()
-	st, err := s.stmt(ctx, `SELECT `+petColumns+` FROM pets WHERE id = ?`)
+func (s *SQLStore) Get(ctx context.Context, id string) (Pet, error) {
+	var p Pet
+	doc, err := s.GetJSON(ctx, id)
 	if err != nil {
 		return p, err
 	}
-	if err := scanPet(st.QueryRowContext(ctx, id), &p); err != nil {
-		if errors.Is(err, sql.ErrNoRows) {
-			return p, fmt.Errorf("%w: %s", ErrNotFound, id)
-		}
-		return p, fmt.Errorf("get pet %s: %w", id, err)
+	return p, decodePet(doc, &p)
+}
+
+// GetJSON implements Store.
+func (s *SQLStore) GetJSON(ctx context.Context, id string) (doc json.RawMessage, err error) {
+	if !ValidID(id) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
-	return p, nil
+	ctx, done := s.observe(ctx, "get", "SELECT")
+	defer func() { done(err) }()
+	st, err := s.stmt(ctx, `SELECT doc FROM pets WHERE id = ?`)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.QueryRowContext(ctx, id).Scan((*[]byte)(&doc)); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return nil, fmt.Errorf("get pet %s: %w", id, err)
+	}
+	return doc, nil
 }
 
 // Delete implements Store.
@@ -291,8 +292,8 @@ func (s *SQLStore) Ping(ctx context.Context) (err error) {
 const upsertSQL = `INSERT INTO pets (id, source, source_id, name, species, breed_primary, breed_secondary, breed_mixed,
  age, gender, size, color_primary, color_secondary, color_tertiary, status, description, photos,
  organization_id, city, state, postcode, country, published_at, updated_at,
- species_key, breed_primary_key, breed_secondary_key, city_key, state_key, search_text, content_hash, version)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+ species_key, breed_primary_key, breed_secondary_key, city_key, state_key, search_text, content_hash, doc, version)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
 ON CONFLICT (id) DO UPDATE SET
  name = excluded.name, species = excluded.species,
  breed_primary = excluded.breed_primary, breed_secondary = excluded.breed_secondary, breed_mixed = excluded.breed_mixed,
@@ -305,33 +306,49 @@ ON CONFLICT (id) DO UPDATE SET
  updated_at = excluded.updated_at,
  species_key = excluded.species_key, breed_primary_key = excluded.breed_primary_key,
  breed_secondary_key = excluded.breed_secondary_key, city_key = excluded.city_key, state_key = excluded.state_key,
- search_text = excluded.search_text, content_hash = excluded.content_hash, version = pets.version + 1
+ search_text = excluded.search_text, content_hash = excluded.content_hash, doc = excluded.doc,
+ version = pets.version + 1
 WHERE pets.content_hash <> excluded.content_hash
-RETURNING version`
+RETURNING version, published_at`
 
-// upsertArgs are the arguments of upsertSQL for one normalized input.
-// A missing published_at is now on insert and kept on update; a missing
-// updated_at is the time of the write.
-func upsertArgs(in PetInput, now time.Time) []any {
-	photos, _ := json.Marshal(in.Photos) // cannot fail
-	pub, pubGiven := in.PublishedAt, !in.PublishedAt.IsZero()
-	if !pubGiven {
-		pub = now
+// upsertRow is what upsertSQL writes for one normalized input. A missing
+// published_at is now on insert and kept on update; a missing updated_at
+// is the time of the write.
+type upsertRow struct {
+	pet      Pet
+	pubGiven bool
+	hash     string
+}
+
+func newUpsertRow(in PetInput, now time.Time) upsertRow {
+	r := upsertRow{pet: Pet{ID: PetID(in.Source, in.SourceID), PetInput: in}, pubGiven: !in.PublishedAt.IsZero(), hash: contentHash(in)}
+	if !r.pubGiven {
+		r.pet.PublishedAt = now
 	}
-	upd := in.UpdatedAt
-	if upd.IsZero() {
-		upd = now
+	if r.pet.UpdatedAt.IsZero() {
+		r.pet.UpdatedAt = now
 	}
+	return r
+}
+
+func (r *upsertRow) doc() string {
+	b, _ := json.Marshal(r.pet) // cannot fail: plain strings, bools and times
+	return string(b)
+}
+
+func (r *upsertRow) args() []any {
+	p := &r.pet
+	photos, _ := json.Marshal(p.Photos) // cannot fail
 	return []any{
-		PetID(in.Source, in.SourceID), in.Source, in.SourceID, in.Name, in.Species,
-		in.Breeds.Primary, in.Breeds.Secondary, in.Breeds.Mixed,
-		in.Age, in.Gender, in.Size, in.Colors.Primary, in.Colors.Secondary, in.Colors.Tertiary,
-		in.Status, in.Description, string(photos), in.OrganizationID,
-		in.Location.City, in.Location.State, in.Location.Postcode, in.Location.Country,
-		pub.UnixMicro(), upd.UnixMicro(),
-		key(in.Species), key(in.Breeds.Primary), key(in.Breeds.Secondary), key(in.Location.City), key(in.Location.State),
-		strings.ToLower(in.Name + "\n" + in.Description), contentHash(in),
-		pubGiven,
+		p.ID, p.Source, p.SourceID, p.Name, p.Species,
+		p.Breeds.Primary, p.Breeds.Secondary, p.Breeds.Mixed,
+		p.Age, p.Gender, p.Size, p.Colors.Primary, p.Colors.Secondary, p.Colors.Tertiary,
+		p.Status, p.Description, string(photos), p.OrganizationID,
+		p.Location.City, p.Location.State, p.Location.Postcode, p.Location.Country,
+		p.PublishedAt.UnixMicro(), p.UpdatedAt.UnixMicro(),
+		key(p.Species), key(p.Breeds.Primary), key(p.Breeds.Secondary), key(p.Location.City), key(p.Location.State),
+		strings.ToLower(p.Name + "\n" + p.Description), r.hash, r.doc(),
+		r.pubGiven,
 	}
 }
 
@@ -343,16 +360,12 @@ func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResul
 	}
 	ctx, done := s.observe(ctx, "upsert", "INSERT")
 	defer func() { done(err) }()
-	type item struct {
-		id string
-		in PetInput
-	}
-	items := make([]item, len(pets))
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	rows := make([]upsertRow, len(pets))
 	for i, p := range pets {
-		p = normalize(p)
-		items[i] = item{id: PetID(p.Source, p.SourceID), in: p}
+		rows[i] = newUpsertRow(normalize(p), now)
 	}
-	slices.SortStableFunc(items, func(a, b item) int { return strings.Compare(a.id, b.id) })
+	slices.SortStableFunc(rows, func(a, b upsertRow) int { return strings.Compare(a.pet.ID, b.pet.ID) })
 
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -368,19 +381,28 @@ func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResul
 		return res, fmt.Errorf("prepare upsert: %w", err)
 	}
 	defer func() { _ = st.Close() }()
-	now := time.Now().UTC().Truncate(time.Microsecond)
-	for _, it := range items {
-		var version int64
-		err := st.QueryRowContext(ctx, upsertArgs(it.in, now)...).Scan(&version)
+	for i := range rows {
+		r := &rows[i]
+		var version, pub int64
+		err := st.QueryRowContext(ctx, r.args()...).Scan(&version, &pub)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			res.Unchanged++
+			continue
 		case err != nil:
-			return UpsertResult{}, fmt.Errorf("upsert pet %s/%s: %w", it.in.Source, it.in.SourceID, err)
+			return UpsertResult{}, fmt.Errorf("upsert pet %s/%s: %w", r.pet.Source, r.pet.SourceID, err)
 		case version == 1:
 			res.Inserted++
 		default:
 			res.Updated++
+		}
+		// An update without published_at kept the stored one: render
+		// the doc again with it (the row is locked by this transaction).
+		if pub != r.pet.PublishedAt.UnixMicro() {
+			r.pet.PublishedAt = fromMicros(pub)
+			if _, err := tx.ExecContext(ctx, s.rebind(`UPDATE pets SET doc = ? WHERE id = ?`), r.doc(), r.pet.ID); err != nil {
+				return UpsertResult{}, fmt.Errorf("upsert pet %s/%s: %w", r.pet.Source, r.pet.SourceID, err)
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -390,35 +412,55 @@ func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResul
 }
 
 // List implements Store.
-func (s *SQLStore) List(ctx context.Context, q ListQuery) (res ListResult, err error) {
+func (s *SQLStore) List(ctx context.Context, q ListQuery) (ListResult, error) {
+	docs, next, err := s.AppendListJSON(ctx, []byte{'['}, q)
+	if err != nil {
+		return ListResult{}, err
+	}
+	res := ListResult{Pets: []Pet{}, NextCursor: next}
+	if err := json.Unmarshal(append(docs, ']'), &res.Pets); err != nil {
+		return ListResult{}, fmt.Errorf("decode stored pets: %w", err)
+	}
+	for i := range res.Pets {
+		if res.Pets[i].Photos == nil {
+			res.Pets[i].Photos = []string{}
+		}
+	}
+	return res, nil
+}
+
+// AppendListJSON implements Store.
+func (s *SQLStore) AppendListJSON(ctx context.Context, dst []byte, q ListQuery) (out []byte, next string, err error) {
 	sort := q.Sort
 	if sort == "" {
 		sort = DefaultSort
 	}
 	if _, ok := ParseSort(string(sort)); !ok {
-		return res, fmt.Errorf("%w: sort %q", ErrInvalid, sort)
+		return dst, "", fmt.Errorf("%w: sort %q", ErrInvalid, sort)
 	}
 	limit := q.Limit
 	if limit == 0 {
 		limit = DefaultLimit
 	}
 	if limit < 1 || limit > MaxLimit {
-		return res, fmt.Errorf("%w: limit %d is not in 1..%d", ErrInvalid, limit, MaxLimit)
+		return dst, "", fmt.Errorf("%w: limit %d is not in 1..%d", ErrInvalid, limit, MaxLimit)
 	}
 	var cur *cursor
 	if q.Cursor != "" {
 		c, err := decodeCursor(sort, q.Cursor)
 		if err != nil {
-			return res, err
+			return dst, "", err
 		}
 		cur = &c
 	}
 
 	var b strings.Builder
 	args := make([]any, 0, 12)
-	b.WriteString(`SELECT `)
-	b.WriteString(petColumns)
-	b.WriteString(` FROM pets WHERE 1=1`)
+	col, op, dir := sort.column(), ">", "ASC"
+	if sort.desc() {
+		op, dir = "<", "DESC"
+	}
+	b.WriteString(`SELECT doc, id, ` + col + ` FROM pets WHERE 1=1`)
 	eq := func(col, v string) {
 		if v != "" {
 			b.WriteString(` AND ` + col + ` = ?`)
@@ -450,10 +492,6 @@ func (s *SQLStore) List(ctx context.Context, q ListQuery) (res ListResult, err e
 		b.WriteString(` AND search_text LIKE ? ESCAPE '\'`)
 		args = append(args, "%"+escapeLike(text)+"%")
 	}
-	col, op, dir := sort.column(), ">", "ASC"
-	if sort.desc() {
-		op, dir = "<", "DESC"
-	}
 	if cur != nil {
 		b.WriteString(` AND (` + col + `, id) ` + op + ` (?, ?)`)
 		if sort.byName() {
@@ -469,28 +507,43 @@ func (s *SQLStore) List(ctx context.Context, q ListQuery) (res ListResult, err e
 	defer func() { done(err) }()
 	st, err := s.stmt(ctx, b.String())
 	if err != nil {
-		return res, err
+		return dst, "", err
 	}
 	rows, err := st.QueryContext(ctx, args...)
 	if err != nil {
-		return res, fmt.Errorf("list pets: %w", err)
+		return dst, "", fmt.Errorf("list pets: %w", err)
 	}
 	defer func() { _ = rows.Close() }()
-	res.Pets = make([]Pet, 0, limit+1)
+	var (
+		doc, id, name sql.RawBytes
+		t             int64
+		sortKey       any = &t
+		last          cursor
+		n             int
+	)
+	if sort.byName() {
+		sortKey = &name
+	}
 	for rows.Next() {
-		res.Pets = append(res.Pets, Pet{})
-		if err := scanPet(rows, &res.Pets[len(res.Pets)-1]); err != nil {
-			return ListResult{}, fmt.Errorf("list pets: %w", err)
+		if n == limit {
+			// One more row than the page: there is a next page.
+			next = last.encode()
+			break
 		}
+		if err := rows.Scan(&doc, &id, sortKey); err != nil {
+			return dst, "", fmt.Errorf("list pets: %w", err)
+		}
+		if n > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, doc...)
+		n++
+		last = cursor{Sort: sort, ID: string(id), Time: t, Name: string(name)}
 	}
 	if err := rows.Err(); err != nil {
-		return ListResult{}, fmt.Errorf("list pets: %w", err)
+		return dst, "", fmt.Errorf("list pets: %w", err)
 	}
-	if len(res.Pets) > limit {
-		res.Pets = res.Pets[:limit]
-		res.NextCursor = encodeCursor(sort, &res.Pets[limit-1])
-	}
-	return res, nil
+	return dst, next, nil
 }
 
 func escapeLike(s string) string {

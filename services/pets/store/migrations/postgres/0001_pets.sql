@@ -2,7 +2,9 @@
 -- microseconds (UTC) so that both stores compare and page identically.
 -- *_key columns are the lowercased filter values (lowercased in Go, so
 -- matching is Unicode-aware); search_text is the lowercased name and
--- description for the free-text filter. name uses the "C" collation so
+-- description for the free-text filter. doc is the pet's JSON as the API
+-- returns it, so that reads need neither scanning every column nor
+-- encoding. name uses the "C" collation so
 -- that the name order is bytewise, as in SQLite.
 CREATE TABLE pets (
   id                  TEXT    NOT NULL PRIMARY KEY,
@@ -35,6 +37,7 @@ CREATE TABLE pets (
   city_key            TEXT    NOT NULL DEFAULT '',
   state_key           TEXT    NOT NULL DEFAULT '',
   search_text         TEXT    NOT NULL DEFAULT '',
+  doc                 TEXT    NOT NULL,
   content_hash        TEXT    NOT NULL,
   version             BIGINT  NOT NULL DEFAULT 1,
   UNIQUE (source, source_id)
