@@ -53,6 +53,8 @@ func (c *Config) Validate() error {
 	}
 	if c.DBPath == "" {
 		errs = append(errs, errors.New("-db: required"))
+	} else if strings.ContainsAny(c.DBPath, "?#") {
+		errs = append(errs, fmt.Errorf("-db: a file path without ? or #, got %q", c.DBPath))
 	}
 	if c.Retention < minRetention {
 		errs = append(errs, fmt.Errorf("-retention: want at least %v, got %v", minRetention, c.Retention))

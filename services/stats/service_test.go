@@ -417,6 +417,7 @@ func TestConfigValidation(t *testing.T) {
 		{desc: "bad retention env", env: map[string]string{"STATS_RETENTION": "week"}, want: "STATS_RETENTION"},
 		{desc: "pets url", env: map[string]string{"STATS_PETS_URL": "ftp://x"}, want: "-pets-url"},
 		{desc: "queue smaller than a batch", args: []string{"-queue-size", "10"}, want: "-queue-size"},
+		{desc: "db path with query", args: []string{"-db", "x.db?mode=ro"}, want: "-db"},
 		{desc: "log level", args: []string{"-log-level", "loud"}, want: "-log-level"},
 		{desc: "flush interval", args: []string{"-flush-interval", "0s"}, want: "-flush-interval"},
 	} {
