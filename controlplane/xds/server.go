@@ -1,0 +1,485 @@
+// Package xds is petmesh's xDS control-plane server: Envoy v3 resources
+// over ADS (state of the world) with go-control-plane, one snapshot per
+// node built by the translator from the current route table version, the
+// registry and the node's metadata.
+//
+// Changes (a new route table version, a registry snapshot) are debounced:
+// a rebuild runs once no change has arrived for QuietPeriod, or MaxDelay
+// after the first pending change, whichever is first. Every type carries
+// its own version (a hash of its content), so a node is sent only the
+// types whose content changed for it: an endpoint change resends EDS,
+// never listeners, routes or clusters, and a node that does not use the
+// changed cluster is sent nothing. Snapshots are checked with
+// translate.Consistent before they are published; an inconsistent or
+// untranslatable one is logged, counted and never published (the node
+// keeps its previous configuration).
+//
+// The server tracks every node's stream (see Status): what was sent, what
+// was ACKed, the last NACK, and the convergence time from a change's
+// acceptance to the node's ACK of the version carrying it.
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"sync"
+	"time"
+
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/petmesh/petmesh/controlplane/registry"
+	"github.com/petmesh/petmesh/controlplane/routes"
+	"github.com/petmesh/petmesh/controlplane/store"
+	"github.com/petmesh/petmesh/controlplane/translate"
+)
+
+// ErrInconsistent wraps translate.Consistent failures: such a snapshot is
+// never published.
+var ErrInconsistent = errors.New("inconsistent snapshot")
+
+// Defaults of Options.
+const (
+	DefaultQuietPeriod = 100 * time.Millisecond
+	DefaultMaxDelay    = time.Second
+	DefaultNodeGrace   = 2 * time.Minute
+	DefaultStaleAfter  = 60 * time.Second
+)
+
+// TableSource is what the server reads route tables from; store.Store
+// implements it.
+type TableSource interface {
+	Watch(ctx context.Context) (<-chan store.Version, error)
+	Get(ctx context.Context, n int64) (store.Entry, error)
+}
+
+var _ TableSource = store.Store(nil)
+
+// Options configure New.
+type Options struct {
+	// Tables supplies route table versions. Required.
+	Tables TableSource
+	// Registry supplies the instances. Required.
+	Registry registry.Watcher
+	// Translate holds the JWT providers and the edge-local address.
+	Translate translate.Options
+	// QuietPeriod and MaxDelay debounce changes (defaults 100ms and 1s).
+	QuietPeriod, MaxDelay time.Duration
+	// NodeGrace is how long a node's snapshot is kept after its last
+	// stream closed, so that a reconnecting proxy resyncs at once
+	// (default 2m).
+	NodeGrace time.Duration
+	// StaleAfter: a connected node that has not ACKed its latest version
+	// this long is reported stale (default 60s).
+	StaleAfter time.Duration
+	// Registerer receives the metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Logger; default discards.
+	Logger *slog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// inputs are everything a snapshot is built from besides the node.
+type inputs struct {
+	table        *routes.Table
+	tableVersion int64
+	instances    []translate.Instance
+	opts         translate.Options
+}
+
+// Server is the xDS server. Its methods are safe for concurrent use.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	now     func() time.Time
+	cache   cache.SnapshotCache
+	metrics *metrics
+
+	mu      sync.Mutex
+	in      *inputs           // nil until the first table and registry state
+	classes map[string]*built // node class → resources for in
+	nodes   map[string]*node  // by node id
+	streams map[int64]string  // stream id → node id ("" before its first request)
+}
+
+// New validates opts and returns a server; call Run (the change loop) and
+// Serve (the gRPC listener).
+func New(opts Options) (*Server, error) {
+	if opts.Tables == nil {
+		return nil, errors.New("xds: Tables is required")
+	}
+	if opts.Registry == nil {
+		return nil, errors.New("xds: Registry is required")
+	}
+	if opts.QuietPeriod <= 0 {
+		opts.QuietPeriod = DefaultQuietPeriod
+	}
+	if opts.MaxDelay <= 0 {
+		opts.MaxDelay = DefaultMaxDelay
+	}
+	if opts.MaxDelay < opts.QuietPeriod {
+		return nil, fmt.Errorf("xds: MaxDelay %v is shorter than QuietPeriod %v", opts.MaxDelay, opts.QuietPeriod)
+	}
+	if opts.NodeGrace <= 0 {
+		opts.NodeGrace = DefaultNodeGrace
+	}
+	if opts.StaleAfter <= 0 {
+		opts.StaleAfter = DefaultStaleAfter
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Server{
+		opts:    opts,
+		log:     opts.Logger,
+		now:     opts.Now,
+		classes: map[string]*built{},
+		nodes:   map[string]*node{},
+		streams: map[int64]string{},
+	}
+	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{opts.Logger})
+	m, err := newMetrics(opts.Registerer, s)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	return s, nil
+}
+
+// Ready reports whether the server has built its first state (a route
+// table and the registry's content).
+func (s *Server) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.in != nil
+}
+
+// RouteVersion returns the route table version of the current state, and
+// false before the first one.
+func (s *Server) RouteVersion() (int64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.in == nil {
+		return 0, false
+	}
+	return s.in.tableVersion, true
+}
+
+// Instances returns the registry instances of the current state.
+func (s *Server) Instances() []translate.Instance {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.in == nil {
+		return nil
+	}
+	return s.in.instances
+}
+
+// TranslateOptions returns the translation options (for dry runs).
+func (s *Server) TranslateOptions() translate.Options { return s.opts.Translate }
+
+// Resources returns the resources last published to a node, or false.
+func (s *Server) Resources(nodeID string) (*translate.Resources, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[nodeID]
+	if !ok || n.published == nil {
+		return nil, false
+	}
+	return n.published.resources, true
+}
+
+// GRPCServerOptions are the gRPC server parameters of the xDS listener:
+// keepalive pings every 30s (10s to answer) so that dead proxies are
+// noticed, a keepalive enforcement policy that tolerates clients pinging
+// every 10s or more even without streams, and no limit on concurrent
+// streams below 1<<20.
+func GRPCServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    30 * time.Second,
+			Timeout: 10 * time.Second,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		grpc.MaxConcurrentStreams(1 << 20),
+		grpc.MaxRecvMsgSize(4 << 20),
+	}
+}
+
+// Serve serves ADS on ln until ctx is done, then stops gracefully (open
+// streams are closed after at most 5s). It returns nil after a clean
+// stop.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, opts ...grpc.ServerOption) error {
+	gs := grpc.NewServer(append(GRPCServerOptions(), opts...)...)
+	xs := serverv3.NewServer(ctx, s.cache, s)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xs)
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("xds: serve: %w", err)
+	case <-ctx.Done():
+	}
+	done := make(chan struct{})
+	go func() { gs.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		gs.Stop()
+		<-done
+	}
+	<-errc
+	return nil
+}
+
+// Run follows the route table and the registry until ctx is done,
+// rebuilding and publishing snapshots after debouncing, and forgets nodes
+// disconnected for longer than NodeGrace. It returns nil when ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tables, err := s.opts.Tables.Watch(ctx)
+	if err != nil {
+		return fmt.Errorf("xds: watch route tables: %w", err)
+	}
+	regs, err := s.opts.Registry.Watch(ctx)
+	if err != nil {
+		return fmt.Errorf("xds: watch registry: %w", err)
+	}
+	var (
+		table      *store.Entry       // newest table read
+		wantTable  int64              // newest version announced (retried until read)
+		reg        *registry.Snapshot // newest registry state
+		dirty      bool               // something changed since the last rebuild
+		firstEvent time.Time          // first pending change (MaxDelay)
+		changeAt   time.Time          // acceptance time of the oldest pending change
+	)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	sweepEvery := min(s.opts.NodeGrace/4, 5*time.Second)
+	sweep := time.NewTicker(sweepEvery)
+	defer sweep.Stop()
+
+	// The first state is built at once; later ones are debounced.
+	mark := func(at time.Time) {
+		now := s.now()
+		if !dirty {
+			dirty, firstEvent, changeAt = true, now, at
+		} else if at.Before(changeAt) {
+			changeAt = at
+		}
+		if !s.Ready() {
+			timer.Reset(0)
+			return
+		}
+		deadline := min(now.Add(s.opts.QuietPeriod).UnixNano(), firstEvent.Add(s.opts.MaxDelay).UnixNano())
+		timer.Reset(time.Duration(max(deadline-now.UnixNano(), 0)))
+	}
+	loadTable := func() {
+		if table != nil && table.Number >= wantTable {
+			return
+		}
+		e, err := s.loadTable(ctx, wantTable)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("xds: read route table", "version", wantTable, "error", err)
+				s.metrics.storeErrors.Inc()
+			}
+			return
+		}
+		table = &e
+		mark(acceptedAt(e.Time, s.now()))
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case v, ok := <-tables:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("xds: route table watch ended")
+			}
+			if v.Number > wantTable || table == nil {
+				wantTable = v.Number
+				loadTable()
+			}
+		case snap, ok := <-regs:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("xds: registry watch ended")
+			}
+			reg = &snap
+			mark(s.now())
+		case <-timer.C:
+			if !dirty || table == nil || reg == nil {
+				continue
+			}
+			dirty = false
+			s.rebuild(table, *reg, changeAt)
+		case <-sweep.C:
+			loadTable() // retries a failed read
+			s.forgetDisconnected()
+		}
+	}
+}
+
+// acceptedAt is when a stored version was accepted, for convergence: its
+// timestamp, unless the writer's clock is off or the version is old (the
+// current version at start-up), in which case now.
+func acceptedAt(stamp, now time.Time) time.Time {
+	if stamp.IsZero() || stamp.After(now) || now.Sub(stamp) > time.Minute {
+		return now
+	}
+	return stamp
+}
+
+func (s *Server) loadTable(ctx context.Context, n int64) (store.Entry, error) {
+	if n == 0 {
+		return store.Entry{Table: &routes.Table{}}, nil
+	}
+	e, err := s.opts.Tables.Get(ctx, n)
+	if err != nil {
+		return store.Entry{}, err
+	}
+	if e.Table == nil {
+		e.Table = &routes.Table{}
+	}
+	return e, nil
+}
+
+// Instances converts a registry snapshot into translator instances.
+func Instances(snap registry.Snapshot) []translate.Instance {
+	all := snap.All()
+	out := make([]translate.Instance, 0, len(all))
+	for _, i := range all {
+		out = append(out, translate.Instance{
+			Service: i.Service, ID: i.ID, Address: i.Address, Port: i.Port,
+			Version: i.Version, Health: translate.Health(i.Health),
+		})
+	}
+	return out
+}
+
+// rebuild installs new inputs and publishes every node's snapshot.
+func (s *Server) rebuild(e *store.Entry, reg registry.Snapshot, changeAt time.Time) {
+	start := s.now()
+	in := &inputs{table: e.Table, tableVersion: e.Number, instances: Instances(reg), opts: s.opts.Translate}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first := s.in == nil
+	s.in = in
+	s.classes = map[string]*built{}
+	for _, n := range s.nodes {
+		s.publishLocked(n, changeAt)
+	}
+	s.metrics.rebuilds.Inc()
+	s.metrics.rebuildSeconds.Observe(s.now().Sub(start).Seconds())
+	s.metrics.routeVersion.Set(float64(e.Number))
+	if first {
+		s.log.Info("xds: first state built", "route_version", e.Number, "instances", len(in.instances))
+	} else {
+		s.log.Debug("xds: state rebuilt", "route_version", e.Number, "instances", len(in.instances), "nodes", len(s.nodes))
+	}
+}
+
+// publishLocked builds (or reuses) the node's class snapshot and hands it
+// to the cache when any type's version changed. s.mu must be held.
+// SetSnapshot does not block: the ADS stream's response channel has room
+// for one response per type and each type has at most one open watch.
+func (s *Server) publishLocked(n *node, changeAt time.Time) {
+	if s.in == nil {
+		return
+	}
+	key := classKey(n.tn)
+	b, ok := s.classes[key]
+	if !ok {
+		b = build(s.in, n.tn)
+		s.classes[key] = b
+		if b.err != nil {
+			reason := "translate"
+			if errors.Is(b.err, ErrInconsistent) {
+				reason = "inconsistent"
+			}
+			s.metrics.snapshotErrors.WithLabelValues(reason).Inc()
+			s.log.Error("xds: snapshot not published", "node", n.id, "route_version", s.in.tableVersion, "reason", reason, "error", b.err)
+		}
+	}
+	if b.err != nil {
+		n.buildErr = b.err.Error()
+		return
+	}
+	n.buildErr = ""
+	if n.published == b {
+		return
+	}
+	initial := n.published == nil
+	n.routeVersion = s.in.tableVersion
+	if !initial && maps.Equal(n.published.versions, b.versions) {
+		n.published = b
+		return
+	}
+	if err := s.cache.SetSnapshot(context.Background(), n.id, b.snap); err != nil {
+		s.log.Error("xds: set snapshot", "node", n.id, "error", err)
+		return
+	}
+	s.metrics.published.Inc()
+	now := s.now()
+	for t, v := range b.versions {
+		ts := n.typ(t)
+		if ts.Latest == v {
+			continue
+		}
+		ts.Latest, ts.LatestAt = v, now
+		switch {
+		case ts.Acked == v:
+			ts.PendingSince = time.Time{} // back to what the node runs
+		case !initial && ts.PendingSince.IsZero():
+			ts.PendingSince = changeAt
+		}
+	}
+	n.published = b
+}
+
+// forgetDisconnected clears the snapshots of nodes without a stream for
+// longer than NodeGrace.
+func (s *Server) forgetDisconnected() {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, n := range s.nodes {
+		if n.streams == 0 && now.Sub(n.disconnectedAt) > s.opts.NodeGrace {
+			s.cache.ClearSnapshot(id)
+			delete(s.nodes, id)
+			s.log.Info("xds: forgot disconnected node", "node", id)
+		}
+	}
+}
+
+// cacheLogger adapts slog to go-control-plane's logger (debug and info
+// are demoted to debug: the cache is chatty).
+type cacheLogger struct{ l *slog.Logger }
+
+func (c cacheLogger) Debugf(format string, args ...any) { c.l.Debug(fmt.Sprintf(format, args...)) }
+func (c cacheLogger) Infof(format string, args ...any)  { c.l.Debug(fmt.Sprintf(format, args...)) }
+func (c cacheLogger) Warnf(format string, args ...any)  { c.l.Warn(fmt.Sprintf(format, args...)) }
+func (c cacheLogger) Errorf(format string, args ...any) { c.l.Error(fmt.Sprintf(format, args...)) }

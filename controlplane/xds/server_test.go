@@ -1,0 +1,370 @@
+package xds_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/petmesh/petmesh/controlplane/registry"
+	"github.com/petmesh/petmesh/controlplane/routes"
+	"github.com/petmesh/petmesh/controlplane/store"
+	"github.com/petmesh/petmesh/controlplane/translate"
+	"github.com/petmesh/petmesh/controlplane/xds"
+	"github.com/petmesh/petmesh/internal/xds/client"
+	"github.com/petmesh/petmesh/internal/xds/resource"
+	tu "github.com/petmesh/petmesh/internal/testutil"
+)
+
+var translateOpts = translate.Options{
+	JWTProviders: []translate.JWTProvider{{
+		Name: "petmesh", Issuer: "petmesh-edge", Audiences: []string{"petmesh"},
+		JWKSURI: "http://127.0.0.1:8080/.well-known/jwks.json",
+	}},
+	EdgeLocalAddress: "127.0.0.1:8080",
+}
+
+type harness struct {
+	srv   *xds.Server
+	store *store.FileStore
+	reg   *registry.Memory
+	addr  string
+	prom  *prometheus.Registry
+}
+
+func newHarness(t testing.TB, opts xds.Options) *harness {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := store.OpenFile(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(ctx, 0, routes.Default(), "test", "seed"); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.NewMemory(registry.MemoryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom := prometheus.NewRegistry()
+	opts.Tables, opts.Registry, opts.Registerer = st, reg, prom
+	if opts.Translate.JWTProviders == nil {
+		opts.Translate = translateOpts
+	}
+	if opts.QuietPeriod == 0 {
+		opts.QuietPeriod = 20 * time.Millisecond
+		opts.MaxDelay = 200 * time.Millisecond
+	}
+	srv, err := xds.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := reg.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	wg.Go(func() {
+		if err := srv.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	wg.Go(func() {
+		if err := srv.Serve(ctx, ln); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		_ = st.Close()
+	})
+	tu.Eventually(t, 5*time.Second, func() error {
+		if !srv.Ready() {
+			return errors.New("not ready")
+		}
+		return nil
+	})
+	return &harness{srv: srv, store: st, reg: reg, addr: ln.Addr().String(), prom: prom}
+}
+
+type proxy struct {
+	c      *client.Client
+	mu     sync.Mutex
+	reject func(*client.Snapshot) error
+}
+
+func (p *proxy) setReject(f func(*client.Snapshot) error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reject = f
+}
+
+// startProxy runs an ADS client for node until the test ends.
+func startProxy(t testing.TB, addr string, n *core.Node) *proxy {
+	t.Helper()
+	p := &proxy{}
+	c, err := client.New(client.Config{
+		Server: addr, Node: n,
+		Apply: func(_ context.Context, s *client.Snapshot) error {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.reject != nil {
+				return p.reject(s)
+			}
+			return nil
+		},
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		BackoffMin:  20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.c = c
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.Run(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return p
+}
+
+func edgeNode(inst string) *core.Node {
+	return &core.Node{Id: resource.EdgeNodeID(inst), Metadata: resource.NodeMeta{ListenPort: 8080}.Struct()}
+}
+
+func sidecarNode(svc, inst string) *core.Node {
+	return &core.Node{Id: resource.SidecarNodeID(svc, inst), Metadata: resource.NodeMeta{
+		Service: svc, Version: "v1", InboundPort: 15001, OutboundPort: 15002, AppPort: 9001,
+	}.Struct()}
+}
+
+// synced waits until the proxy's status shows every type ACKed at its
+// latest version and the client holds those versions.
+func synced(t testing.TB, srv *xds.Server, p *proxy, id string) xds.ProxyStatus {
+	t.Helper()
+	var st xds.ProxyStatus
+	tu.Eventually(t, 10*time.Second, func() error {
+		var ok bool
+		st, ok = srv.Proxy(id)
+		if !ok {
+			return fmt.Errorf("%s unknown", id)
+		}
+		if !st.Synced || len(st.Types) != 4 {
+			return fmt.Errorf("%s not synced: %+v", id, st.Types)
+		}
+		v := p.c.Versions()
+		for _, ts := range st.Types {
+			if v[ts.TypeURL] != ts.Latest {
+				return fmt.Errorf("%s: client has %s %q, latest %q", id, ts.Type, v[ts.TypeURL], ts.Latest)
+			}
+		}
+		return nil
+	})
+	return st
+}
+
+func versions(st xds.ProxyStatus) map[string]string {
+	m := map[string]string{}
+	for _, ts := range st.Types {
+		m[ts.Type] = ts.Latest
+	}
+	return m
+}
+
+func TestServerPushesAndTracksStatus(t *testing.T) {
+	h := newHarness(t, xds.Options{})
+	ctx := tu.Context(t)
+	edge := startProxy(t, h.addr, edgeNode("e1"))
+	pets := startProxy(t, h.addr, sidecarNode("pets", "pets-1"))
+	e0 := synced(t, h.srv, edge, "edge~e1")
+	p0 := synced(t, h.srv, pets, "sidecar~pets~pets-1")
+	if e0.Kind != "edge" || p0.Kind != "sidecar" || p0.Service != "pets" || e0.ConnectedSince == nil {
+		t.Fatalf("status: %+v %+v", e0, p0)
+	}
+	if got := sample(t, h.prom, "petmesh_controlplane_connected_proxies", "sidecar"); got != 1 {
+		t.Fatalf("connected sidecars = %v", got)
+	}
+
+	t.Run("endpoint change resends only EDS", func(t *testing.T) {
+		if err := h.reg.Register(ctx, registry.Registration{Service: "pets", ID: "pets-1", Address: "127.0.0.1", Port: 15001, Version: "v1", TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		var e1 xds.ProxyStatus
+		tu.Eventually(t, 5*time.Second, func() error {
+			e1 = synced(t, h.srv, edge, "edge~e1")
+			if versions(e1)["endpoint"] == versions(e0)["endpoint"] {
+				return errors.New("endpoint version unchanged")
+			}
+			return nil
+		})
+		for _, typ := range []string{"listener", "route", "cluster"} {
+			if versions(e1)[typ] != versions(e0)[typ] {
+				t.Errorf("%s version changed on an endpoint change: %s → %s", typ, versions(e0)[typ], versions(e1)[typ])
+			}
+		}
+		cla := edge.c.Current().Endpoints["pets"]
+		if n := len(cla.GetEndpoints()); n != 1 || len(cla.GetEndpoints()[0].GetLbEndpoints()) != 1 {
+			t.Fatalf("pets endpoints: %v", cla)
+		}
+		e0 = e1
+	})
+
+	t.Run("route change is acked and measured", func(t *testing.T) {
+		cur, err := h.store.Current(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb, err := cur.Table.SetWeights("pets", map[string]int{"v1": 90, "v2": 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := h.store.Put(ctx, cur.Number, tb, "alice", "canary")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tu.Eventually(t, 5*time.Second, func() error {
+			st := synced(t, h.srv, edge, "edge~e1")
+			if st.RouteVersion != v.Number {
+				return fmt.Errorf("route version %d, want %d", st.RouteVersion, v.Number)
+			}
+			if _, ok := edge.c.Current().Clusters["pets~v2"]; !ok {
+				return errors.New("no pets~v2 cluster")
+			}
+			return nil
+		})
+		if n := sample(t, h.prom, "petmesh_xds_convergence_seconds", "route"); n < 1 {
+			t.Fatalf("convergence samples for routes = %v", n)
+		}
+	})
+
+	t.Run("NACK is visible with its message", func(t *testing.T) {
+		pets.setReject(func(s *client.Snapshot) error {
+			if _, ok := s.Clusters["stats"]; ok {
+				return errors.New("cluster stats: lb_policy MAGLEV is not supported")
+			}
+			return nil
+		})
+		cur, err := h.store.Current(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb := cur.Table.Clone()
+		tb.Services["stats"] = routes.Service{LB: "least_request"}
+		if _, err := h.store.Put(ctx, cur.Number, tb, "alice", "lb"); err != nil {
+			t.Fatal(err)
+		}
+		tu.Eventually(t, 5*time.Second, func() error {
+			st, _ := h.srv.Proxy("sidecar~pets~pets-1")
+			for _, ts := range st.Types {
+				if ts.LastNack != nil && strings.Contains(ts.LastNack.Message, "MAGLEV") {
+					if st.Synced {
+						return errors.New("synced despite NACK")
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("no NACK yet: %+v", st.Types)
+		})
+		if n := sample(t, h.prom, "petmesh_xds_nacks_total", "cluster"); n < 1 {
+			t.Fatalf("nacks = %v", n)
+		}
+	})
+}
+
+func TestUntranslatableNodeKeepsPreviousConfig(t *testing.T) {
+	h := newHarness(t, xds.Options{})
+	bad := startProxy(t, h.addr, &core.Node{Id: "sidecar~pets~p9"}) // no app port
+	tu.Eventually(t, 5*time.Second, func() error {
+		st, ok := h.srv.Proxy("sidecar~pets~p9")
+		if !ok || !strings.Contains(st.Error, "app_port") {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+	if len(bad.c.Versions()) != 0 {
+		t.Fatalf("an untranslatable node got config: %v", bad.c.Versions())
+	}
+	if n := sample(t, h.prom, "petmesh_controlplane_snapshot_errors_total", "translate"); n < 1 {
+		t.Fatalf("snapshot errors = %v", n)
+	}
+}
+
+func TestDisconnectedNodeIsForgotten(t *testing.T) {
+	h := newHarness(t, xds.Options{NodeGrace: 200 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := client.New(client.Config{
+		Server: h.addr, Node: edgeNode("gone"), Apply: func(context.Context, *client.Snapshot) error { return nil },
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Logger:      slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	tu.Eventually(t, 5*time.Second, func() error {
+		if st, ok := h.srv.Proxy("edge~gone"); !ok || !st.Synced {
+			return errors.New("not synced")
+		}
+		return nil
+	})
+	cancel()
+	<-done
+	tu.Eventually(t, 5*time.Second, func() error {
+		if st, ok := h.srv.Proxy("edge~gone"); ok {
+			return fmt.Errorf("still known: connected=%v", st.Connected)
+		}
+		return nil
+	})
+}
+
+// sample returns the value of the series of name with a label valued
+// label: a gauge's or counter's value, a histogram's sample count.
+func sample(t testing.TB, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetValue() != label {
+					continue
+				}
+				switch {
+				case m.Gauge != nil:
+					return m.GetGauge().GetValue()
+				case m.Counter != nil:
+					return m.GetCounter().GetValue()
+				case m.Histogram != nil:
+					return float64(m.GetHistogram().GetSampleCount())
+				}
+			}
+		}
+	}
+	return 0
+}

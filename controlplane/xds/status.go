@@ -1,0 +1,331 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sort"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/petmesh/petmesh/controlplane/translate"
+)
+
+// node is the server's state of one node id (possibly several streams).
+type node struct {
+	id             string
+	tn             translate.Node
+	streams        int
+	connectedSince time.Time
+	disconnectedAt time.Time
+	published      *built
+	routeVersion   int64
+	buildErr       string
+	types          map[string]*typeState
+}
+
+// typeState tracks one type URL of one node.
+type typeState struct {
+	Latest       string    // published to the node
+	LatestAt     time.Time // when Latest was published
+	PendingSince time.Time // acceptance of the oldest change not yet ACKed (zero: none)
+	Sent         string
+	SentAt       time.Time
+	Acked        string
+	AckedAt      time.Time
+	Nack         *Nack
+	Convergence  time.Duration // last measured
+}
+
+func (n *node) typ(t string) *typeState {
+	if n.types == nil {
+		n.types = map[string]*typeState{}
+	}
+	ts, ok := n.types[t]
+	if !ok {
+		ts = &typeState{}
+		n.types[t] = ts
+	}
+	return ts
+}
+
+// Nack is a rejected version.
+type Nack struct {
+	Version string    `json:"version"`
+	Message string    `json:"message"`
+	At      time.Time `json:"at"`
+}
+
+// TypeStatus is one type URL of one proxy.
+type TypeStatus struct {
+	TypeURL string `json:"type_url"`
+	Type    string `json:"type"`
+	// Latest is the version published for the proxy; Sent the last
+	// version sent on its stream; Acked the last version it accepted.
+	Latest  string     `json:"latest"`
+	Sent    string     `json:"sent"`
+	SentAt  *time.Time `json:"sent_at,omitempty"`
+	Acked   string     `json:"acked"`
+	AckedAt *time.Time `json:"acked_at,omitempty"`
+	// LastNack is the last rejection (kept after later ACKs, for operators).
+	LastNack *Nack `json:"last_nack,omitempty"`
+	// ConvergenceSeconds is the last measured time from a change's
+	// acceptance to the proxy's ACK of the version carrying it.
+	ConvergenceSeconds float64 `json:"convergence_seconds,omitempty"`
+}
+
+// ProxyStatus is one proxy (node id) as the control plane sees it.
+type ProxyStatus struct {
+	ID             string     `json:"id"`
+	Kind           string     `json:"kind"` // edge, sidecar, proxyless
+	Service        string     `json:"service,omitempty"`
+	VersionTag     string     `json:"version_tag,omitempty"`
+	Connected      bool       `json:"connected"`
+	Streams        int        `json:"streams"`
+	ConnectedSince *time.Time `json:"connected_since,omitempty"`
+	DisconnectedAt *time.Time `json:"disconnected_at,omitempty"`
+	// RouteVersion is the route table version of the latest snapshot.
+	RouteVersion int64 `json:"route_version"`
+	// Synced: every type's latest version is ACKed.
+	Synced bool `json:"synced"`
+	// Stale: connected, and not synced for longer than StaleAfter.
+	Stale bool `json:"stale"`
+	// Error says why the proxy's snapshot cannot be built (it keeps its
+	// previous configuration).
+	Error string       `json:"error,omitempty"`
+	Types []TypeStatus `json:"types"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// kindOf names the flavour a node is served.
+func kindOf(tn translate.Node) string {
+	if tn.Meta.Proxyless || tn.ID.Kind == "grpc" {
+		return "proxyless"
+	}
+	return string(tn.ID.Kind)
+}
+
+// Status returns every known proxy (connected, or disconnected within
+// NodeGrace), sorted by id.
+func (s *Server) Status() []ProxyStatus {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ProxyStatus, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		out = append(out, s.statusLocked(n, now))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Proxy returns one proxy's status.
+func (s *Server) Proxy(id string) (ProxyStatus, bool) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[id]
+	if !ok {
+		return ProxyStatus{}, false
+	}
+	return s.statusLocked(n, now), true
+}
+
+func (s *Server) statusLocked(n *node, now time.Time) ProxyStatus {
+	p := ProxyStatus{
+		ID: n.id, Kind: kindOf(n.tn), Service: n.tn.Meta.Service, VersionTag: n.tn.Meta.Version,
+		Connected: n.streams > 0, Streams: n.streams, RouteVersion: n.routeVersion, Error: n.buildErr,
+		Synced: n.published != nil, Types: []TypeStatus{},
+	}
+	if p.Connected {
+		p.ConnectedSince = timePtr(n.connectedSince)
+	} else {
+		p.DisconnectedAt = timePtr(n.disconnectedAt)
+	}
+	for _, t := range Types {
+		ts, ok := n.types[t]
+		if !ok {
+			if n.published != nil {
+				p.Synced = false
+			}
+			continue
+		}
+		if ts.Acked != ts.Latest {
+			p.Synced = false
+		}
+		p.Types = append(p.Types, TypeStatus{
+			TypeURL: t, Type: ShortType(t), Latest: ts.Latest, Sent: ts.Sent, SentAt: timePtr(ts.SentAt),
+			Acked: ts.Acked, AckedAt: timePtr(ts.AckedAt), LastNack: ts.Nack,
+			ConvergenceSeconds: ts.Convergence.Seconds(),
+		})
+	}
+	p.Stale = p.Connected && s.staleLocked(n, now)
+	return p
+}
+
+// staleLocked: some type's latest version has waited for an ACK longer
+// than StaleAfter.
+func (s *Server) staleLocked(n *node, now time.Time) bool {
+	for _, ts := range n.types {
+		if ts.Latest != "" && ts.Acked != ts.Latest && now.Sub(ts.LatestAt) > s.opts.StaleAfter {
+			return true
+		}
+	}
+	return false
+}
+
+var _ serverv3.Callbacks = (*Server)(nil)
+
+// errDelta refuses incremental xDS streams.
+var errDelta = status.Error(codes.Unimplemented, "petmesh control plane: delta xDS is not supported, use state-of-the-world ADS")
+
+// OnStreamOpen implements serverv3.Callbacks.
+func (s *Server) OnStreamOpen(_ context.Context, id int64, typeURL string) error {
+	if typeURL != "" {
+		return status.Errorf(codes.Unimplemented, "petmesh control plane: only ADS is served, not %s", typeURL)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.streams[id] = ""
+	return nil
+}
+
+// OnStreamClosed implements serverv3.Callbacks.
+func (s *Server) OnStreamClosed(id int64, _ *core.Node) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	nid, ok := s.streams[id]
+	delete(s.streams, id)
+	if !ok || nid == "" {
+		return
+	}
+	if n, ok := s.nodes[nid]; ok {
+		n.streams--
+		if n.streams == 0 {
+			n.disconnectedAt = now
+			s.log.Info("xds: proxy disconnected", "node", nid)
+		}
+	}
+}
+
+// OnStreamRequest implements serverv3.Callbacks: it binds the stream to
+// its node (building the node's snapshot when it has none) and records
+// ACKs and NACKs.
+func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	nid, ok := s.streams[id]
+	if !ok {
+		return status.Error(codes.Internal, "unknown stream")
+	}
+	if nid == "" {
+		n, err := s.attachLocked(id, req.GetNode(), now)
+		if err != nil {
+			return err
+		}
+		nid = n.id
+	}
+	n := s.nodes[nid]
+	t := req.GetTypeUrl()
+	if !slices.Contains(Types, t) {
+		return nil
+	}
+	ts := n.typ(t)
+	if d := req.GetErrorDetail(); d != nil {
+		s.metrics.nacks.WithLabelValues(ShortType(t)).Inc()
+		ts.Nack = &Nack{Version: ts.Sent, Message: d.GetMessage(), At: now}
+		s.log.Warn("xds: proxy rejected config (NACK)", "node", nid, "type", ShortType(t), "version", ts.Sent, "error", d.GetMessage())
+		return nil
+	}
+	v := req.GetVersionInfo()
+	if v == "" {
+		return nil
+	}
+	ts.Acked, ts.AckedAt = v, now
+	if v == ts.Latest && !ts.PendingSince.IsZero() {
+		d := now.Sub(ts.PendingSince)
+		ts.Convergence = d
+		ts.PendingSince = time.Time{}
+		s.metrics.convergence.WithLabelValues(ShortType(t)).Observe(d.Seconds())
+	}
+	return nil
+}
+
+// attachLocked binds stream id to the node in its first request.
+func (s *Server) attachLocked(id int64, pn *core.Node, now time.Time) (*node, error) {
+	if pn.GetId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "petmesh control plane: the first request must carry node.id")
+	}
+	tn, err := translate.NodeFromProto(pn)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "petmesh control plane: node %q: %v", pn.GetId(), err)
+	}
+	n, ok := s.nodes[pn.GetId()]
+	if !ok {
+		n = &node{id: pn.GetId(), tn: tn}
+		s.nodes[n.id] = n
+	} else if classKey(n.tn) != classKey(tn) {
+		n.tn = tn // metadata changed (a restarted proxy): rebuild
+		n.published = nil
+	}
+	s.streams[id] = n.id
+	n.streams++
+	if n.streams == 1 {
+		n.connectedSince = now
+		s.log.Info("xds: proxy connected", "node", n.id, "kind", kindOf(tn), "service", tn.Meta.Service)
+	}
+	if n.published == nil {
+		s.publishLocked(n, now)
+	}
+	return n, nil
+}
+
+// OnStreamResponse implements serverv3.Callbacks: it records what was sent.
+func (s *Server) OnStreamResponse(_ context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[s.streams[id]]
+	if !ok {
+		return
+	}
+	ts := n.typ(resp.GetTypeUrl())
+	ts.Sent, ts.SentAt = resp.GetVersionInfo(), now
+	_ = req
+}
+
+// OnFetchRequest implements serverv3.Callbacks (REST fetch is not served).
+func (s *Server) OnFetchRequest(context.Context, *discovery.DiscoveryRequest) error {
+	return errors.New("fetch is not supported")
+}
+
+// OnFetchResponse implements serverv3.Callbacks.
+func (s *Server) OnFetchResponse(*discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {}
+
+// OnDeltaStreamOpen implements serverv3.Callbacks: delta is refused.
+func (s *Server) OnDeltaStreamOpen(context.Context, int64, string) error { return errDelta }
+
+// OnDeltaStreamClosed implements serverv3.Callbacks.
+func (s *Server) OnDeltaStreamClosed(int64, *core.Node) {}
+
+// OnStreamDeltaRequest implements serverv3.Callbacks.
+func (s *Server) OnStreamDeltaRequest(int64, *discovery.DeltaDiscoveryRequest) error {
+	return errDelta
+}
+
+// OnStreamDeltaResponse implements serverv3.Callbacks.
+func (s *Server) OnStreamDeltaResponse(int64, *discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse) {
+}
