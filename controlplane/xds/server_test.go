@@ -22,9 +22,9 @@ import (
 	"github.com/petmesh/petmesh/controlplane/store"
 	"github.com/petmesh/petmesh/controlplane/translate"
 	"github.com/petmesh/petmesh/controlplane/xds"
+	tu "github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/xds/client"
 	"github.com/petmesh/petmesh/internal/xds/resource"
-	tu "github.com/petmesh/petmesh/internal/testutil"
 )
 
 var translateOpts = translate.Options{
