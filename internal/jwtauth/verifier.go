@@ -121,6 +121,8 @@ type Verifier struct {
 	cache   *verifyCache
 	ttl     time.Duration
 
+	tooLarge error
+
 	hits, sigChecks, verified, failed atomic.Uint64
 }
 
@@ -179,6 +181,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if v.maxSize < 64 {
 		return nil, fmt.Errorf("verifier: max token size %d: want at least 64", v.maxSize)
 	}
+	v.tooLarge = fmt.Errorf("%w: over %d bytes", ErrTooLarge, v.maxSize)
 	v.now = cfg.Now
 	if v.now == nil {
 		v.now = time.Now
@@ -223,7 +226,7 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	}
 	if len(token) > v.maxSize {
 		v.failed.Add(1)
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(token), v.maxSize)
+		return nil, v.tooLarge // preformatted: refusing costs no allocation
 	}
 	now := v.now()
 	var key [32]byte
