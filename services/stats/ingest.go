@@ -298,25 +298,26 @@ type Writer struct {
 	logger   *slog.Logger
 }
 
-// drainTimeout bounds the final flush on shutdown.
-const drainTimeout = 30 * time.Second
+// writeTimeout bounds one batch write.
+const writeTimeout = 30 * time.Second
 
 // Run flushes the queue every interval, or earlier once a batch is
 // pending, until ctx is done; then it flushes what is left and returns.
+// Cancelling ctx never interrupts a write in progress: writes run on a
+// context without its cancellation, each bounded by writeTimeout.
 func (w *Writer) Run(ctx context.Context) {
+	wctx := context.WithoutCancel(ctx)
 	t := time.NewTicker(w.interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
-			defer cancel()
-			w.flush(dctx)
+			w.flush(wctx)
 			return
 		case <-t.C:
 		case <-w.q.wake:
 		}
-		w.flush(ctx)
+		w.flush(wctx)
 	}
 }
 
@@ -332,6 +333,8 @@ func (w *Writer) flush(ctx context.Context) {
 }
 
 func (w *Writer) write(ctx context.Context, evs []store.Event) {
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
 	start := time.Now()
 	defer func() {
 		if v := recover(); v != nil {

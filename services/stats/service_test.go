@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -274,6 +275,41 @@ func TestWriterFlushesOnShutdown(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(svc.Server.m.ingested); got != 200 {
 		t.Errorf("ingested metric = %v, want 200", got)
+	}
+}
+
+func TestShutdownDuringFlushLosesNothing(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.FlushInterval = time.Hour
+	cfg.BatchSize = 50
+	svc := newService(t, cfg, nil)
+	evs := make([]map[string]any, MaxBatch)
+	for i := range evs {
+		evs[i] = event(nil)
+	}
+	for range 3 {
+		if w := do(t, svc.Handler(), "POST", "/events", "edge", "", batch(evs...)); w.Code != 202 {
+			t.Fatalf("post: %d %s", w.Code, w.Body)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { svc.RunWriter(ctx) })
+	// The queue holds 60 batches and the writer was woken: cancel while
+	// it is writing them.
+	ptestutil.Eventually(t, 10*time.Second, func() error {
+		if testutil.ToFloat64(svc.Server.m.ingested) == 0 {
+			return errors.New("writer has not started")
+		}
+		return nil
+	})
+	cancel()
+	wg.Wait()
+	if got := testutil.ToFloat64(svc.Server.m.dropped.WithLabelValues(dropStoreError)); got != 0 {
+		t.Errorf("dropped %v events on shutdown", got)
+	}
+	if got := testutil.ToFloat64(svc.Server.m.ingested); got != 3*MaxBatch {
+		t.Errorf("ingested %v, want %d", got, 3*MaxBatch)
 	}
 }
 
