@@ -54,6 +54,7 @@ func Middleware(v *Verifier, opts MiddlewareOptions) func(http.Handler) http.Han
 	if opts.Realm == "" {
 		opts.Realm = "petmesh"
 	}
+	opts.Realm = quotable(opts.Realm)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -209,11 +210,22 @@ func requireRoles(roles []string, all bool) func(http.Handler) http.Handler {
 				msg = "requires role " + strings.Join(roles, " or ")
 			}
 			if msg != "" {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="petmesh", error="insufficient_scope", error_description="`+msg+`"`)
+				w.Header().Set("WWW-Authenticate", `Bearer realm="petmesh", error="insufficient_scope", error_description="`+quotable(msg)+`"`)
 				httpx.WriteError(w, httpx.Forbidden("%s", msg))
 				return
 			}
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// quotable drops the characters that cannot appear inside an HTTP
+// quoted-string without escaping (quote, backslash, controls).
+func quotable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '"' || r == '\\' || r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
 }
