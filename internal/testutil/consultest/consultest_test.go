@@ -3,6 +3,9 @@ package consultest_test
 import (
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,4 +65,34 @@ func TestStopKillsAgent(t *testing.T) {
 		t.Fatal("agent still answers after Stop")
 	}
 	a.Stop() // idempotent
+}
+
+// TestMissingBinary runs this test binary again without a consul binary:
+// it must skip normally and fail when PETMESH_REQUIRE_REAL=1.
+func TestMissingBinary(t *testing.T) {
+	if os.Getenv("CONSULTEST_CHILD") == "1" {
+		consultest.Start(t)
+		t.Fatal("Start returned without a binary")
+	}
+	for _, tc := range []struct {
+		desc     string
+		require  string
+		wantFail bool
+		wantText string
+	}{
+		{desc: "skips by default", require: "", wantFail: false, wantText: "SKIP"},
+		{desc: "fails when real things are required", require: "1", wantFail: true, wantText: "PETMESH_REQUIRE_REAL=1"},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestMissingBinary$", "-test.v")
+			cmd.Env = append(os.Environ(), "CONSULTEST_CHILD=1", consultest.EnvBin+"=", consultest.EnvRequireReal+"="+tc.require)
+			out, err := cmd.CombinedOutput()
+			if failed := err != nil; failed != tc.wantFail {
+				t.Fatalf("child failed=%v, want %v:\n%s", failed, tc.wantFail, out)
+			}
+			if !strings.Contains(string(out), tc.wantText) {
+				t.Fatalf("child output lacks %q:\n%s", tc.wantText, out)
+			}
+		})
+	}
 }
