@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -30,6 +31,7 @@ type Config struct {
 	Instance        string
 	ShutdownTimeout time.Duration
 	OpenTimeout     time.Duration
+	Pprof           bool
 }
 
 // parseConfig binds the flags to their environment variables.
@@ -45,6 +47,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.String(&c.Instance, "instance", "PETS_INSTANCE", "", "instance id reported as service.instance.id")
 	f.Duration(&c.ShutdownTimeout, "shutdown-timeout", "PETS_SHUTDOWN_TIMEOUT", 20*time.Second, "how long in-flight requests may drain on shutdown")
 	f.Duration(&c.OpenTimeout, "db-open-timeout", "PETS_DB_OPEN_TIMEOUT", 60*time.Second, "how long to wait for the database and its migrations at start")
+	f.Bool(&c.Pprof, "pprof", "PETS_PPROF", false, "serve /debug/pprof/ on the admin listener")
 	if err := f.Parse(args); err != nil {
 		return c, err
 	}
@@ -136,7 +139,17 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	var ready httpx.Readiness
 	ready.SetCheck(st.Ping)
-	adminSrv, err := httpx.Listen(httpx.DefaultServerConfig(cfg.AdminAddr), httpx.AdminMux(tel.MetricsHandler(), &ready), log)
+	adminMux := httpx.AdminMux(tel.MetricsHandler(), &ready)
+	if cfg.Pprof {
+		adminMux.HandleFunc("/debug/pprof/", pprof.Index)
+		adminMux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		adminMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		adminMux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		adminMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	adminCfg := httpx.DefaultServerConfig(cfg.AdminAddr)
+	adminCfg.WriteTimeout = 2 * time.Minute // long enough for a CPU profile
+	adminSrv, err := httpx.Listen(adminCfg, adminMux, log)
 	if err != nil {
 		return fmt.Errorf("-admin-addr: %w", err)
 	}

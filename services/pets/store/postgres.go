@@ -28,7 +28,7 @@ func OpenPostgres(ctx context.Context, dsn string, opts Options) (*SQLStore, err
 		_ = db.Close()
 		return nil, fmt.Errorf("connect postgres %s@%s:%d/%s: %w", cfg.User, cfg.Host, cfg.Port, cfg.Database, err)
 	}
-	s, err := newSQLStore(db, dialect{system: "postgresql", dollar: true}, opts)
+	s, err := newSQLStore(db, dialect{system: "postgresql", dollar: true, textDoc: true}, opts)
 	if err != nil {
 		_ = db.Close()
 		return nil, err

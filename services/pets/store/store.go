@@ -81,6 +81,8 @@ type dialect struct {
 	system string
 	// dollar placeholders ($1) instead of ?.
 	dollar bool
+	// textDoc binds doc as text rather than bytes.
+	textDoc bool
 }
 
 // SQLStore is the database/sql implementation of Store used for both
@@ -331,12 +333,18 @@ func newUpsertRow(in PetInput, now time.Time) upsertRow {
 	return r
 }
 
-func (r *upsertRow) doc() string {
+// docArg is the pet's JSON as a statement argument: bytes for SQLite,
+// which then stores a BLOB that reads back without a copy; text for
+// PostgreSQL.
+func (r *upsertRow) docArg(d dialect) any {
 	b, _ := json.Marshal(r.pet) // cannot fail: plain strings, bools and times
-	return string(b)
+	if d.textDoc {
+		return string(b)
+	}
+	return b
 }
 
-func (r *upsertRow) args() []any {
+func (r *upsertRow) args(d dialect) []any {
 	p := &r.pet
 	photos, _ := json.Marshal(p.Photos) // cannot fail
 	return []any{
@@ -347,7 +355,7 @@ func (r *upsertRow) args() []any {
 		p.Location.City, p.Location.State, p.Location.Postcode, p.Location.Country,
 		p.PublishedAt.UnixMicro(), p.UpdatedAt.UnixMicro(),
 		key(p.Species), key(p.Breeds.Primary), key(p.Breeds.Secondary), key(p.Location.City), key(p.Location.State),
-		strings.ToLower(p.Name + "\n" + p.Description), r.hash, r.doc(),
+		strings.ToLower(p.Name + "\n" + p.Description), r.hash, r.docArg(d),
 		r.pubGiven,
 	}
 }
@@ -384,7 +392,7 @@ func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResul
 	for i := range rows {
 		r := &rows[i]
 		var version, pub int64
-		err := st.QueryRowContext(ctx, r.args()...).Scan(&version, &pub)
+		err := st.QueryRowContext(ctx, r.args(s.d)...).Scan(&version, &pub)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			res.Unchanged++
@@ -400,7 +408,7 @@ func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResul
 		// the doc again with it (the row is locked by this transaction).
 		if pub != r.pet.PublishedAt.UnixMicro() {
 			r.pet.PublishedAt = fromMicros(pub)
-			if _, err := tx.ExecContext(ctx, s.rebind(`UPDATE pets SET doc = ? WHERE id = ?`), r.doc(), r.pet.ID); err != nil {
+			if _, err := tx.ExecContext(ctx, s.rebind(`UPDATE pets SET doc = ? WHERE id = ?`), r.docArg(s.d), r.pet.ID); err != nil {
 				return UpsertResult{}, fmt.Errorf("upsert pet %s/%s: %w", r.pet.Source, r.pet.SourceID, err)
 			}
 		}
