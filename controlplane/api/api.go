@@ -203,7 +203,7 @@ type tableRequest struct {
 
 // readTable reads a route table from a JSON envelope
 // {"table":…,"message":…,"sample":…} or, for YAML content types, from
-// the raw body (message from the X-Petmesh-Message header). The table is
+// the raw body (message from the "message" query parameter). The table is
 // parsed and validated; a *routes.ValidationError lists every problem.
 func (h *handler) readTable(w http.ResponseWriter, r *http.Request) (tableRequest, error) {
 	var req tableRequest
@@ -216,7 +216,7 @@ func (h *handler) readTable(w http.ResponseWriter, r *http.Request) (tableReques
 			return req, err
 		}
 		raw = b
-		req.Message = r.Header.Get("X-Petmesh-Message")
+		req.Message = r.URL.Query().Get("message")
 	default:
 		var env struct {
 			Table   json.RawMessage `json:"table"`

@@ -345,11 +345,12 @@ func (c *cli) routesApply(ctx context.Context, args []string) error {
 	hdr := http.Header{}
 	hdr.Set("Content-Type", "application/yaml")
 	hdr.Set("If-Match", strconv.FormatInt(cur, 10))
+	path := "/v1/routes"
 	if *msg != "" {
-		hdr.Set("X-Petmesh-Message", *msg)
+		path += "?message=" + url.QueryEscape(*msg)
 	}
 	var v version
-	b, err := c.do(ctx, http.MethodPut, "/v1/routes", hdr, data, &v)
+	b, err := c.do(ctx, http.MethodPut, path, hdr, data, &v)
 	if err != nil {
 		return err
 	}

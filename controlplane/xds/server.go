@@ -475,11 +475,13 @@ func (s *Server) forgetDisconnected() {
 	}
 }
 
-// cacheLogger adapts slog to go-control-plane's logger (debug and info
-// are demoted to debug: the cache is chatty).
+// cacheLogger adapts slog to go-control-plane's logger. Debug, info and
+// warnings are demoted to debug: the cache is chatty, and its warnings
+// are expected ADS ordering (an EDS request waiting for the names of new
+// clusters).
 type cacheLogger struct{ l *slog.Logger }
 
 func (c cacheLogger) Debugf(format string, args ...any) { c.l.Debug(fmt.Sprintf(format, args...)) }
 func (c cacheLogger) Infof(format string, args ...any)  { c.l.Debug(fmt.Sprintf(format, args...)) }
-func (c cacheLogger) Warnf(format string, args ...any)  { c.l.Warn(fmt.Sprintf(format, args...)) }
+func (c cacheLogger) Warnf(format string, args ...any)  { c.l.Debug(fmt.Sprintf(format, args...)) }
 func (c cacheLogger) Errorf(format string, args ...any) { c.l.Error(fmt.Sprintf(format, args...)) }

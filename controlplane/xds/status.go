@@ -248,6 +248,14 @@ func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 		s.metrics.nacks.WithLabelValues(ShortType(t)).Inc()
 		ts.Nack = &Nack{Version: ts.Sent, Message: d.GetMessage(), At: now}
 		s.log.Warn("xds: proxy rejected config (NACK)", "node", nid, "type", ShortType(t), "version", ts.Sent, "error", d.GetMessage())
+		// A NACK carries the last accepted version, so the cache would
+		// resend the rejected one at once, and again after every NACK.
+		// Presenting the rejected version instead makes the cache wait for
+		// the next change: the proxy keeps its last good configuration and
+		// is reported not synced (and stale after StaleAfter).
+		if ts.Sent != "" {
+			req.VersionInfo = ts.Sent
+		}
 		return nil
 	}
 	v := req.GetVersionInfo()
