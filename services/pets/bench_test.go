@@ -287,3 +287,28 @@ func (l listLoad) report(b *testing.B) {
 	b.ReportMetric(float64(l.latencies[l.n/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(l.latencies[l.n*99/100].Microseconds()), "p99-µs")
 }
+
+// BenchmarkListPetsStore is the store's share of BenchmarkListPets: the
+// same query on the same data, without HTTP.
+func BenchmarkListPetsStore(b *testing.B) {
+	st, err := store.Open(b.Context(), "sqlite://"+benchDB(b), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = st.Close() }()
+	q := store.ListQuery{Species: "Dog", Status: "adoptable", Limit: 20}
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime(b)
+	defer func() { b.ReportMetric(float64(b.N)/(cpuTime(b)-cpu0).Seconds(), "ops/cpu-s") }()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, 0, 32<<10)
+		for pb.Next() {
+			out, next, err := st.AppendListJSON(b.Context(), buf[:0], q)
+			if err != nil || next == "" || len(out) == 0 {
+				b.Errorf("list: %v", err)
+				return
+			}
+		}
+	})
+}

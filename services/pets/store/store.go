@@ -468,7 +468,7 @@ func (s *SQLStore) AppendListJSON(ctx context.Context, dst []byte, q ListQuery) 
 	if sort.desc() {
 		op, dir = "<", "DESC"
 	}
-	b.WriteString(`SELECT doc, id, ` + col + ` FROM pets WHERE 1=1`)
+	b.WriteString(`SELECT doc FROM pets WHERE 1=1`)
 	eq := func(col, v string) {
 		if v != "" {
 			b.WriteString(` AND ` + col + ` = ?`)
@@ -522,36 +522,61 @@ func (s *SQLStore) AppendListJSON(ctx context.Context, dst []byte, q ListQuery) 
 		return dst, "", fmt.Errorf("list pets: %w", err)
 	}
 	defer func() { _ = rows.Close() }()
+	// Only the docs are read; the cursor comes from the last one (its
+	// id, name and times are exactly the stored columns).
 	var (
-		doc, id, name sql.RawBytes
-		t             int64
-		sortKey       any = &t
-		last          cursor
-		n             int
+		doc     sql.RawBytes
+		lastDoc []byte
+		n       int
 	)
-	if sort.byName() {
-		sortKey = &name
-	}
 	for rows.Next() {
 		if n == limit {
 			// One more row than the page: there is a next page.
-			next = last.encode()
+			c, err := cursorFromDoc(sort, lastDoc)
+			if err != nil {
+				return dst, "", err
+			}
+			next = c.encode()
 			break
 		}
-		if err := rows.Scan(&doc, &id, sortKey); err != nil {
+		if err := rows.Scan(&doc); err != nil {
 			return dst, "", fmt.Errorf("list pets: %w", err)
 		}
 		if n > 0 {
 			dst = append(dst, ',')
 		}
+		start := len(dst)
 		dst = append(dst, doc...)
+		lastDoc = dst[start:]
 		n++
-		last = cursor{Sort: sort, ID: string(id), Time: t, Name: string(name)}
 	}
 	if err := rows.Err(); err != nil {
 		return dst, "", fmt.Errorf("list pets: %w", err)
 	}
 	return dst, next, nil
+}
+
+// cursorFromDoc is the cursor positioned after the pet encoded in doc.
+func cursorFromDoc(sort Sort, doc []byte) (cursor, error) {
+	var k struct {
+		ID          string    `json:"id"`
+		Name        string    `json:"name"`
+		PublishedAt time.Time `json:"published_at"`
+		UpdatedAt   time.Time `json:"updated_at"`
+	}
+	if err := json.Unmarshal(doc, &k); err != nil {
+		return cursor{}, fmt.Errorf("decode stored pet: %w", err)
+	}
+	c := cursor{Sort: sort, ID: k.ID}
+	switch sort.column() {
+	case "name":
+		c.Name = k.Name
+	case "published_at":
+		c.Time = k.PublishedAt.UnixMicro()
+	case "updated_at":
+		c.Time = k.UpdatedAt.UnixMicro()
+	}
+	return c, nil
 }
 
 func escapeLike(s string) string {
