@@ -247,7 +247,9 @@ func TestConfigRejected(t *testing.T) {
 		}, want: `providers["petmesh"].remote_jwks.retry_policy: unsupported field`},
 		{desc: "no audience", mod: func(c *jwtv3.JwtAuthentication) { c.Providers["petmesh"].Audiences = nil }, want: "audiences: at least one"},
 		{desc: "no issuer", mod: func(c *jwtv3.JwtAuthentication) { c.Providers["petmesh"].Issuer = "" }, want: "issuer: required"},
-		{desc: "bad jwks uri", mod: func(c *jwtv3.JwtAuthentication) { c.Providers["petmesh"].GetRemoteJwks().HttpUri.Uri = "file:///etc/passwd" }, want: "http_uri.uri"},
+		{desc: "bad jwks uri", mod: func(c *jwtv3.JwtAuthentication) {
+			c.Providers["petmesh"].GetRemoteJwks().HttpUri.Uri = "file:///etc/passwd"
+		}, want: "http_uri.uri"},
 		{desc: "claim to other header", mod: func(c *jwtv3.JwtAuthentication) {
 			c.Providers["petmesh"].ClaimToHeaders = []*jwtv3.JwtClaimToHeader{{ClaimName: "sub", HeaderName: "x-user"}}
 		}, want: "claim_to_headers[0]"},
