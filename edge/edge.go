@@ -1,0 +1,356 @@
+// Package edge is the petmesh edge server: the public front door. It issues
+// tokens (POST /auth/token, GET /.well-known/jwks.json), verifies them
+// (internal/meshauth) and routes every request through the shared data plane
+// (internal/dataplane) configured over ADS by the control plane (listener
+// edge-http). Run is the whole binary; README.md documents every flag.
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"net/netip"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/petmesh/petmesh/internal/dataplane"
+	"github.com/petmesh/petmesh/internal/httpx"
+	"github.com/petmesh/petmesh/internal/identity"
+	"github.com/petmesh/petmesh/internal/jwtauth"
+	"github.com/petmesh/petmesh/internal/meshauth"
+	"github.com/petmesh/petmesh/internal/statsink"
+	"github.com/petmesh/petmesh/internal/telemetry"
+	"github.com/petmesh/petmesh/internal/xds/client"
+	"github.com/petmesh/petmesh/internal/xds/resource"
+)
+
+// ServiceSubject and ServiceRoles are the edge's own identity in the
+// service token it mints for its calls to stats.
+const ServiceSubject = "edge"
+
+// ServiceRoles of the edge's service token.
+var ServiceRoles = []string{"edge", identity.RoleViewer}
+
+// Run runs the edge until ctx is done, then drains. args are the command
+// line arguments without the program name; "hash-password" as the first
+// argument is handled by the main package (see HashPasswordCommand).
+func Run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := ParseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	level, _ := telemetry.ParseLevel(cfg.LogLevel)
+	tel, shutdown, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "edge", InstanceID: cfg.NodeID, LogLevel: level, LogWriter: stderr, Getenv: getenv})
+	if err != nil {
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := shutdown(sctx); err != nil {
+			tel.Logger.Warn("telemetry shutdown", "err", err)
+		}
+	}()
+	return serve(ctx, &cfg, tel)
+}
+
+// server holds the edge's parts; built by build, run by serve.
+type server struct {
+	cfg    *Config
+	log    *slog.Logger
+	keys   *jwtauth.KeyStore
+	issuer *jwtauth.Issuer
+	auth   *meshauth.Factory
+	dp     *dataplane.DataPlane
+	sink   *statsink.Sink
+	local  http.Handler // edge-local handlers (token, JWKS)
+	front  *front
+	svcTok *serviceToken
+	// localAddr is the bound address of the edge-local listener; the
+	// edge_local cluster is pointed at it.
+	localAddr netip.AddrPort
+	accessLog bool
+}
+
+// build assembles everything that does not need a socket.
+func build(cfg *Config, tel *telemetry.Telemetry) (*server, error) {
+	s := &server{cfg: cfg, log: tel.Logger, accessLog: cfg.AccessLog}
+	var err error
+	s.keys, err = jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: cfg.KeysDir, RotationInterval: cfg.KeyRotation, Logger: tel.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("-keys-dir: %w", err)
+	}
+	s.issuer, err = jwtauth.NewIssuer(jwtauth.IssuerConfig{Issuer: cfg.Issuer, Audience: cfg.Audience, TTL: cfg.TokenTTL, Keys: s.keys})
+	if err != nil {
+		return nil, fmt.Errorf("-issuer: %w", err)
+	}
+	s.svcTok = &serviceToken{issuer: s.issuer}
+	local, err := newLocalHandler(cfg, s.issuer, tel.Logger)
+	if err != nil {
+		return nil, err
+	}
+	s.local = local
+	s.auth, err = meshauth.New(meshauth.Options{
+		Local:  map[string]jwtauth.KeySource{cfg.Issuer: s.keys},
+		Logger: tel.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	reg := tel.Registry
+	if err := registerAuthMetrics(reg, s.auth); err != nil {
+		return nil, err
+	}
+	if cfg.StatsURL != "" {
+		sc := statsink.Config{URL: cfg.StatsURL, Token: s.svcTok.Get, Namespace: "edge", Registerer: reg, Logger: tel.Logger}
+		if cfg.StatsDirect {
+			sc.Identity = &identity.Identity{Subject: ServiceSubject, Roles: ServiceRoles}
+		}
+		if s.sink, err = statsink.New(sc); err != nil {
+			return nil, fmt.Errorf("-stats-url: %w", err)
+		}
+	}
+	s.dp, err = dataplane.New(dataplane.Options{
+		Logger: tel.Logger, Registerer: reg,
+		Auth:           s.auth.Auth,
+		AccessLog:      s.access,
+		TracerProvider: tel.TracerProvider, Propagator: tel.Propagator,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.front, err = newFront(s.dp.Handler(resource.ListenerEdge), cfg, reg)
+	if err != nil {
+		s.dp.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func registerAuthMetrics(reg prometheus.Registerer, f *meshauth.Factory) error {
+	for _, c := range []struct {
+		name, help string
+		v          func(jwtauth.VerifierStats) uint64
+	}{
+		{"petmesh_edge_jwt_cache_hits_total", "Tokens verified from the verification cache.", func(s jwtauth.VerifierStats) uint64 { return s.CacheHits }},
+		{"petmesh_edge_jwt_signature_checks_total", "Token signatures checked.", func(s jwtauth.VerifierStats) uint64 { return s.SignatureChecks }},
+		{"petmesh_edge_jwt_verified_total", "Tokens verified.", func(s jwtauth.VerifierStats) uint64 { return s.Verified }},
+		{"petmesh_edge_jwt_failed_total", "Tokens refused.", func(s jwtauth.VerifierStats) uint64 { return s.Failed }},
+	} {
+		v := c.v
+		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
+			func() float64 { return float64(v(f.Stats())) })); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry) error {
+	log := tel.Logger
+	s, err := build(cfg, tel)
+	if err != nil {
+		return err
+	}
+	defer s.dp.Close()
+
+	var bootstrap *client.Snapshot
+	if cfg.Bootstrap != "" {
+		if bootstrap, err = client.LoadBootstrap(cfg.Bootstrap); err != nil {
+			return fmt.Errorf("-bootstrap: %w", err)
+		}
+	}
+
+	var servers []*httpx.Server
+	closeAll := func() {
+		closed, cancel := context.WithCancel(context.Background())
+		cancel()
+		for _, srv := range servers {
+			_ = srv.Run(closed) // releases the listener
+		}
+	}
+	pubCfg := httpx.DefaultServerConfig(cfg.Addr)
+	pubCfg.MaxHeaderBytes = cfg.MaxHeaderBytes
+	pubCfg.ShutdownTimeout = cfg.ShutdownTimeout
+	pubCfg.ReadTimeout = 0 // streaming bodies are bounded by -max-body and route timeouts
+	pubCfg.WriteTimeout = 0
+	public, err := httpx.Listen(pubCfg, s.front, log)
+	if err != nil {
+		return fmt.Errorf("-addr: %w", err)
+	}
+	servers = append(servers, public)
+	localCfg := httpx.DefaultServerConfig(cfg.LocalAddr)
+	localCfg.ShutdownTimeout = cfg.ShutdownTimeout
+	localSrv, err := httpx.Listen(localCfg, s.local, log)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("-local-addr: %w", err)
+	}
+	servers = append(servers, localSrv)
+	if s.localAddr, err = netip.ParseAddrPort(localSrv.Addr().String()); err != nil {
+		closeAll()
+		return fmt.Errorf("-local-addr: %w", err)
+	}
+
+	var ready httpx.Readiness
+	draining := make(chan struct{})
+	ready.SetCheck(func(context.Context) error {
+		select {
+		case <-draining:
+			return errors.New("draining")
+		default:
+		}
+		if !s.dp.Ready() {
+			return errors.New("no configuration applied yet")
+		}
+		return nil
+	})
+	admin := httpx.AdminMux(tel.MetricsHandler(), &ready)
+	admin.Handle("GET /config_dump", s.dp.ConfigDumpHandler())
+	admin.HandleFunc("/debug/pprof/", pprof.Index)
+	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	adminSrv, err := httpx.Listen(httpx.DefaultServerConfig(cfg.AdminAddr), admin, log)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("-admin-addr: %w", err)
+	}
+	servers = append(servers, adminSrv)
+
+	port := public.Addr().(*net.TCPAddr).Port
+	xc, err := client.New(client.Config{
+		Server:     cfg.XDSAddr,
+		Node:       &corev3.Node{Id: cfg.NodeID, Cluster: "edge", Metadata: resource.NodeMeta{ListenPort: port}.Struct()},
+		Apply:      s.apply,
+		Bootstrap:  bootstrap,
+		Logger:     log,
+		Registerer: tel.Registry,
+	})
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("-xds-addr: %w", err)
+	}
+	admin.HandleFunc("GET /xds", func(w http.ResponseWriter, _ *http.Request) {
+		httpx.WriteJSON(w, http.StatusOK, map[string]any{"versions": xc.Versions(), "last_nack": xc.LastNack()})
+	})
+
+	// The sink outlives the servers: it stops once no request can add an
+	// event, then flushes.
+	var sinkWG sync.WaitGroup
+	sinkCtx, stopSink := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSink()
+	if s.sink != nil {
+		sinkWG.Go(func() { _ = s.sink.Run(sinkCtx) })
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.keys.Run(gctx) })
+	g.Go(func() error { return s.auth.Run(gctx) })
+	g.Go(func() error {
+		err := xc.Run(gctx)
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		close(draining)
+		return nil
+	})
+	run := func(srv *httpx.Server) func() error {
+		return func() error { return srv.Run(gctx) }
+	}
+	if cfg.TLSCert != "" {
+		g.Go(func() error { return public.RunTLS(gctx, cfg.TLSCert, cfg.TLSKey) })
+	} else {
+		g.Go(run(public))
+	}
+	g.Go(run(localSrv))
+	g.Go(run(adminSrv))
+	public.Announce("http")
+	adminSrv.Announce("admin")
+	localSrv.Announce("local")
+	ready.SetReady(true)
+	log.Info("edge started", "node_id", cfg.NodeID, "xds", cfg.XDSAddr, "issuer", cfg.Issuer, "tls", cfg.TLSCert != "", "stats", cfg.StatsURL != "")
+
+	err = g.Wait()
+	ready.SetReady(false)
+	stopSink()
+	sinkWG.Wait()
+	if s.sink != nil {
+		sent, dropped, batchErrs := s.sink.Counters()
+		log.Info("edge stopped", "events_sent", sent, "events_dropped", dropped, "event_batch_errors", batchErrs)
+	} else {
+		log.Info("edge stopped")
+	}
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// apply is the xDS client's Apply step: translator encodings are adapted,
+// the edge_local cluster is pointed at this process's edge-local listener,
+// and the result is built and swapped in (or rejected: NACK).
+func (s *server) apply(ctx context.Context, snap *client.Snapshot) error {
+	res := dataplane.Resources(*snap)
+	adapted, err := meshauth.Adapt(&res)
+	if err != nil {
+		return err
+	}
+	pointEdgeLocal(adapted, s.localAddr)
+	return s.dp.Apply(ctx, adapted)
+}
+
+// access is the data plane's access-log hook: one JSON line and one stats
+// event per request. It never blocks (the event queue drops when full).
+func (s *server) access(ctx context.Context, e *dataplane.AccessEntry) {
+	if s.accessLog {
+		attrs := [...]slog.Attr{
+			slog.String("client_ip", e.ClientIP),
+			slog.String("method", e.Method),
+			slog.String("path", e.Path),
+			slog.String("route", e.Route),
+			slog.Int("status", e.Status),
+			slog.Int64("bytes", e.BytesSent),
+			slog.Float64("latency_ms", float64(e.Duration.Microseconds())/1000),
+			slog.String("cluster", e.Cluster),
+			slog.String("upstream", e.Upstream),
+			slog.Int("retries", e.Retries),
+			slog.String("subject", e.Subject),
+			slog.String("request_id", e.RequestID),
+			slog.String("upstream_error", e.UpstreamError),
+		}
+		n := len(attrs)
+		if e.UpstreamError == "" {
+			n--
+		}
+		if !trace.SpanContextFromContext(ctx).IsValid() && e.TraceID != "" {
+			all := append(attrs[:n:n], slog.String("trace_id", e.TraceID))
+			s.log.LogAttrs(ctx, slog.LevelInfo, "access", all...)
+		} else {
+			s.log.LogAttrs(ctx, slog.LevelInfo, "access", attrs[:n]...)
+		}
+	}
+	if s.sink != nil {
+		ev := statsink.Event{
+			Time: e.Time.UTC(), Route: e.Route, Method: e.Method, Path: e.Path, Status: e.Status,
+			LatencyMS: float64(e.Duration.Microseconds()) / 1000, Subject: e.Subject,
+			TraceID: e.TraceID, Upstream: e.Cluster,
+		}
+		statsink.Sanitize(&ev)
+		s.sink.Send(ev)
+	}
+}
