@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/petmesh/petmesh/internal/telemetry"
 )
 
@@ -249,5 +252,22 @@ func TestAdminMux(t *testing.T) {
 	ready.SetCheck(func(context.Context) error { return errors.New("db down") })
 	if get("/readyz") != 503 {
 		t.Fatal("readyz with failing check")
+	}
+}
+
+func TestStandardNamesSpansAfterRoute(t *testing.T) {
+	tel := telemetry.NewTest(io.Discard)
+	rec := tracetest.NewSpanRecorder()
+	tel.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /pets/{id}", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) })
+	h := Standard(tel, "test", 1<<10)(mux)
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/pets/42", nil))
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("want 1 span, got %d", len(spans))
+	}
+	if got := spans[0].Name(); got != "GET /pets/{id}" {
+		t.Fatalf("span name %q", got)
 	}
 }

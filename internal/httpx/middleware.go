@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strings"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/petmesh/petmesh/internal/telemetry"
 )
@@ -103,6 +106,26 @@ func Trace(t *telemetry.Telemetry, operation string) func(http.Handler) http.Han
 	}
 }
 
+// RouteNames names the active server span after the ServeMux pattern that
+// will serve the request ("GET /pets/{id}") and records http.route. It
+// must wrap the mux directly: middleware that copies the request (to add
+// a context value) hides the pattern the mux sets from outer handlers.
+func RouteNames(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+			if _, pattern := mux.Handler(r); pattern != "" {
+				route := pattern
+				if i := strings.IndexByte(pattern, ' '); i >= 0 {
+					route = pattern[i+1:]
+				}
+				span.SetName(r.Method + " " + route)
+				span.SetAttributes(semconv.HTTPRoute(route))
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
 // Chain applies middleware so that the first one listed is the outermost.
 func Chain(h http.Handler, mws ...func(http.Handler) http.Handler) http.Handler {
 	for i := len(mws) - 1; i >= 0; i-- {
@@ -115,6 +138,9 @@ func Chain(h http.Handler, mws ...func(http.Handler) http.Handler) http.Handler 
 // panic recovery and a body limit.
 func Standard(t *telemetry.Telemetry, operation string, maxBody int64) func(http.Handler) http.Handler {
 	return func(h http.Handler) http.Handler {
+		if mux, ok := h.(*http.ServeMux); ok {
+			h = RouteNames(mux)
+		}
 		return Chain(h, Trace(t, operation), RequestID, Recover(t.Logger), MaxBody(maxBody))
 	}
 }
