@@ -149,7 +149,11 @@ func New(opts Options) (*Server, error) {
 		nodes:   map[string]*node{},
 		streams: map[int64]string{},
 	}
-	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{opts.Logger})
+	// ads=false: in ADS mode the cache answers a request by name only when
+	// the names cover every resource of the type in the snapshot, which a
+	// proxyless gRPC client that dials one service (LDS "pets" only) never
+	// does. Ordering across types is still the ADS stream's.
+	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{opts.Logger})
 	m, err := newMetrics(opts.Registerer, s)
 	if err != nil {
 		return nil, err
