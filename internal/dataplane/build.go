@@ -14,6 +14,7 @@ import (
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	lrlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -165,6 +166,7 @@ const (
 	filterFault
 	filterRateLimit
 	filterJwt
+	filterRBAC
 )
 
 type httpFilter struct {
@@ -174,6 +176,11 @@ type httpFilter struct {
 	auth Authenticator
 	// jwt: compiled rules shared by every route of the listener.
 	rules []authRule
+	// rbac: the listener-level roles (nil: no rules, every request passes).
+	roles []string
+	// local_ratelimit: the listener-level limiter, shared by every route
+	// without a per-route config (one set of buckets per filter, as Envoy).
+	limiter *rateLimiter
 }
 
 // listenerCtx carries what compiling a listener's routes needs.
@@ -212,10 +219,18 @@ func (d *DataPlane) buildListener(g *graph, l *listener.Listener) (*listenerRT, 
 		if err != nil {
 			return nil, err
 		}
+		if f.kind == filterRBAC && !slices.ContainsFunc(lc.filters, func(f *httpFilter) bool { return f.kind == filterJwt }) {
+			return nil, fmt.Errorf("%s: the rbac filter checks roles verified by jwt_authn: put an envoy.filters.http.jwt_authn filter before it", path)
+		}
 		if f.kind == filterRouter {
 			routers++
 			if i != len(hcm.GetHttpFilters())-1 {
 				return nil, fmt.Errorf("%s: the router filter must be the last one", path)
+			}
+		}
+		if f.kind == filterRateLimit {
+			if f.limiter, err = compileLimiter(f.cfg.(*lrlv3.LocalRateLimit), "", lc.trustedHops, &d.opts); err != nil {
+				return nil, fmt.Errorf("%s.typed_config.%w", path, err)
 			}
 		}
 		lc.filters = append(lc.filters, f)
@@ -275,6 +290,8 @@ func (d *DataPlane) compileFilter(hf *hcmv3.HttpFilter, path string) (*httpFilte
 		f.kind, msg = filterRateLimit, &lrlv3.LocalRateLimit{}
 	case typeJwt:
 		f.kind, msg = filterJwt, &jwtv3.JwtAuthentication{}
+	case typeRBAC:
+		f.kind, msg = filterRBAC, &rbacv3.RBAC{}
 	default:
 		return nil, fmt.Errorf("%s.typed_config: unsupported http filter %s", path, tc.GetTypeUrl())
 	}
@@ -285,6 +302,13 @@ func (d *DataPlane) compileFilter(hf *hcmv3.HttpFilter, path string) (*httpFilte
 		return nil, err
 	}
 	f.cfg = msg
+	if f.kind == filterRBAC {
+		roles, err := rbacRoles(msg.(*rbacv3.RBAC))
+		if err != nil {
+			return nil, fmt.Errorf("%s.typed_config.%w", path, err)
+		}
+		f.roles = roles
+	}
 	if f.kind == filterJwt {
 		cfg := msg.(*jwtv3.JwtAuthentication)
 		if d.opts.Auth == nil {
@@ -324,7 +348,7 @@ type routeMeta struct {
 }
 
 func parseMeta(r *route.Route) (routeMeta, error) {
-	m := routeMeta{rateLimitKey: "ip"}
+	m := routeMeta{}
 	s := r.GetMetadata().GetFilterMetadata()[MetadataNamespace]
 	if s == nil {
 		return m, nil
@@ -350,6 +374,10 @@ func parseMeta(r *route.Route) (routeMeta, error) {
 				return m, fmt.Errorf("%s.%s: want \"ip\" or \"subject\"", path, k)
 			}
 			m.rateLimitKey = sv
+		case MetaRouteName:
+			if _, ok := v.GetKind().(*structpb.Value_StringValue); !ok {
+				return m, fmt.Errorf("%s.%s: want a string", path, k)
+			}
 		case MetaRetryNonIdempotent:
 			bv, ok := v.GetKind().(*structpb.Value_BoolValue)
 			if !ok {
@@ -540,18 +568,24 @@ func (lc *listenerCtx) compileRoute(vh *route.VirtualHost, r *route.Route, vi, r
 			}
 			h = ff
 		case filterRateLimit:
-			cfg := f.cfg.(*lrlv3.LocalRateLimit)
-			if over != nil {
-				cfg = &lrlv3.LocalRateLimit{}
-				if err := unpack(over, cfg, opath); err != nil {
+			lim := f.limiter // shared by the listener's routes, as Envoy's filter-level bucket
+			if over != nil || meta.rateLimitKey != "" {
+				cfg := f.cfg.(*lrlv3.LocalRateLimit)
+				if over != nil {
+					cfg = &lrlv3.LocalRateLimit{}
+					if err := unpack(over, cfg, opath); err != nil {
+						return nil, err
+					}
+				}
+				var err error
+				if lim, err = compileLimiter(cfg, meta.rateLimitKey, lc.trustedHops, opts); err != nil {
+					if over != nil {
+						return nil, fmt.Errorf("%s.%w", opath, err)
+					}
 					return nil, err
 				}
 			}
-			rl, err := lc.compileRateLimit(h, cfg, name, meta.rateLimitKey)
-			if err != nil {
-				return nil, err
-			}
-			h = rl
+			h = lc.compileRateLimit(h, lim, name)
 		case filterJwt:
 			af := &authFilter{next: h, auth: f.auth, rules: f.rules, roles: meta.roles}
 			if over != nil {
@@ -575,6 +609,25 @@ func (lc *listenerCtx) compileRoute(vh *route.VirtualHost, r *route.Route, vi, r
 				return nil, fmt.Errorf("metadata.filter_metadata[%q].roles: the route requires roles but has no jwt_authn requirement (typed_per_filter_config[%q])", MetadataNamespace, f.name)
 			}
 			h = af
+		case filterRBAC:
+			roles := f.roles
+			if over != nil {
+				var pr rbacv3.RBACPerRoute
+				if err := unpack(over, &pr, opath); err != nil {
+					return nil, err
+				}
+				if pr.GetRbac() == nil {
+					continue // as Envoy: an RBACPerRoute without rbac disables the filter on the route
+				}
+				r, err := rbacRoles(pr.GetRbac())
+				if err != nil {
+					return nil, fmt.Errorf("%s.rbac.%w", opath, err)
+				}
+				roles = r
+			}
+			if len(roles) > 0 {
+				h = &rbacFilter{next: h, roles: roles}
+			}
 		}
 	}
 	if len(meta.roles) > 0 && !slices.ContainsFunc(lc.filters, func(f *httpFilter) bool { return f.kind == filterJwt }) && lc.name != "" {
@@ -638,36 +691,11 @@ func compileFault(next http.Handler, cfg *faultv3.HTTPFault, rnd func(uint64) ui
 	return f, nil
 }
 
-func (lc *listenerCtx) compileRateLimit(next http.Handler, cfg *lrlv3.LocalRateLimit, routeName, key string) (http.Handler, error) {
-	tb := cfg.GetTokenBucket()
-	if tb == nil {
-		return next, nil
+func (lc *listenerCtx) compileRateLimit(next http.Handler, l *rateLimiter, routeName string) http.Handler {
+	if l == nil {
+		return next
 	}
-	// As in Envoy, an unset filter_enabled / filter_enforced means 0%.
-	enabled, err := perMillion(cfg.GetFilterEnabled().GetDefaultValue())
-	if err != nil {
-		return nil, fmt.Errorf("local_ratelimit.filter_enabled.default_value.%w", err)
-	}
-	enforced, err := perMillion(cfg.GetFilterEnforced().GetDefaultValue())
-	if err != nil {
-		return nil, fmt.Errorf("local_ratelimit.filter_enforced.default_value.%w", err)
-	}
-	if enabled == 0 {
-		return next, nil
-	}
-	perFill := uint32(1)
-	if v := tb.GetTokensPerFill(); v != nil {
-		perFill = v.GetValue()
-	}
-	if tb.GetMaxTokens() == 0 || perFill == 0 || tb.GetFillInterval() == nil || tb.GetFillInterval().AsDuration() <= 0 {
-		return nil, errors.New("local_ratelimit.token_bucket: max_tokens, tokens_per_fill and fill_interval must be positive")
-	}
-	counter := lc.d.metrics.rateLimited.WithLabelValues(lc.name, routeName)
-	h, err := newRateLimit(next, key, lc.trustedHops, tb.GetMaxTokens(), perFill, tb.GetFillInterval().AsDuration(), enforced > 0, counter.Inc)
-	if err != nil {
-		return nil, fmt.Errorf("local_ratelimit.%w", err)
-	}
-	return h, nil
+	return &rateLimitHandler{next: next, l: l, limited: lc.d.metrics.rateLimited.WithLabelValues(lc.name, routeName)}
 }
 
 func compileRetry(rp, vhDefault *route.RetryPolicy, nonIdempotent bool) (*retryPolicy, error) {

@@ -17,6 +17,9 @@ import (
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/petmesh/petmesh/internal/xds/resource"
 )
 
 // Sentinel upstream errors, mapped to responses in one place (errorStatus).
@@ -99,6 +102,10 @@ type clusterRT struct {
 	outlier *outlierCfg
 	ejectMu sync.Mutex
 
+	// cacheTTL (cluster metadata petmesh.cache_ttl) enables the GET
+	// response cache; 0 disables it.
+	cacheTTL time.Duration
+
 	hc      *hcCfg
 	hcStop  context.CancelFunc
 	hcDone  chan struct{}
@@ -133,6 +140,9 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 	case cluster.Cluster_STATIC, cluster.Cluster_EDS, cluster.Cluster_STRICT_DNS, cluster.Cluster_LOGICAL_DNS:
 	default:
 		return nil, fmt.Errorf("type: unsupported value %s", c.GetType())
+	}
+	if err := cl.parseMeta(c); err != nil {
+		return nil, err
 	}
 	connectTimeout := 5 * time.Second
 	if c.GetConnectTimeout() != nil {
@@ -661,4 +671,34 @@ func (c *clusterRT) check(ctx context.Context, ep *endpointRT) {
 		ep.healthy.Store(false)
 		c.opts.Logger.Warn("endpoint unhealthy", "cluster", c.name, "endpoint", ep.addr)
 	}
+}
+
+// parseMeta reads the cluster's petmesh metadata: service and version
+// (informational) and cache_ttl. Other keys under petmesh are rejected;
+// other namespaces are ignored, as Envoy ignores metadata no filter reads.
+func (c *clusterRT) parseMeta(cfg *cluster.Cluster) error {
+	s := cfg.GetMetadata().GetFilterMetadata()[MetadataNamespace]
+	path := fmt.Sprintf("metadata.filter_metadata[%q]", MetadataNamespace)
+	for k, v := range s.GetFields() {
+		sv, ok := v.GetKind().(*structpb.Value_StringValue)
+		switch k {
+		case resource.ClusterMetaService, resource.ClusterMetaVersion:
+			if !ok {
+				return fmt.Errorf("%s.%s: want a string", path, k)
+			}
+		case resource.ClusterMetaCacheTTL:
+			var d time.Duration
+			var err error
+			if ok {
+				d, err = time.ParseDuration(sv.StringValue)
+			}
+			if !ok || err != nil || d <= 0 {
+				return fmt.Errorf("%s.%s: want a positive duration such as \"30s\"", path, k)
+			}
+			c.cacheTTL = d
+		default:
+			return fmt.Errorf("%s.%s: unsupported key", path, k)
+		}
+	}
+	return nil
 }

@@ -3,18 +3,16 @@ package dataplane
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
-	"strconv"
 	"time"
 
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"github.com/vulcand/oxy/v2/ratelimit"
-	"github.com/vulcand/oxy/v2/utils"
 
 	"github.com/petmesh/petmesh/internal/httpx"
 	"github.com/petmesh/petmesh/internal/identity"
+	"github.com/petmesh/petmesh/internal/xds/resource"
 )
 
 // Typed filter config type URLs.
@@ -24,6 +22,7 @@ const (
 	typeRateLimit = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 	typeJwt       = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 	typeJwtRoute  = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
+	typeRBAC      = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 	typeHCM       = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
 
@@ -43,6 +42,9 @@ const (
 	// PATCH) too; by default only GET, HEAD, OPTIONS, TRACE, PUT and DELETE
 	// are retried.
 	MetaRetryNonIdempotent = "retry_non_idempotent"
+	// MetaRouteName (string): the route table's route name; informational
+	// (Route.name carries it too).
+	MetaRouteName = "route"
 )
 
 // AuthRequirement is what a route requires of the caller, taken from the
@@ -152,6 +154,7 @@ func (f *authFilter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	identity.SetHeaders(r.Header, id)
 	if st := stateOf(w); st != nil {
 		st.entry.Subject = id.Subject
+		st.id = id
 	}
 	f.next.ServeHTTP(w, r)
 }
@@ -216,43 +219,43 @@ func perMillion(fp *typev3.FractionalPercent) (uint64, error) {
 	return min(n, 1_000_000), nil
 }
 
-// newRateLimit builds a per-key token bucket limiter (oxy's TokenLimiter,
-// whose bucket map is bounded and expires idle keys) that answers 429 with
-// Retry-After and RateLimit-* headers.
-func newRateLimit(next http.Handler, key string, trustedHops int, maxTokens, perFill uint32, fill time.Duration, enforce bool, onLimit func()) (http.Handler, error) {
-	rates := ratelimit.NewRateSet()
-	if err := rates.Add(fill, int64(perFill), int64(maxTokens)); err != nil {
-		return nil, fmt.Errorf("token_bucket: %w", err)
+// rbacFilter enforces the roles of an envoy.filters.http.rbac config
+// (resource.RolesRBACPerRoute's shape: ALLOW when the jwt_authn payload's
+// roles claim holds one of roles) on the identity that the jwt_authn filter
+// before it verified: 401 with a challenge without one, 403 without one of
+// the roles.
+type rbacFilter struct {
+	next  http.Handler
+	roles []string
+}
+
+func (f *rbacFilter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var id identity.Identity
+	if st := stateOf(w); st != nil {
+		id = st.id
 	}
-	extract := utils.ExtractorFunc(func(r *http.Request) (string, int64, error) {
-		if key == "subject" {
-			if s := r.Header.Get(identity.HeaderSubject); s != "" {
-				return "s:" + s, 1, nil
-			}
-		}
-		return "ip:" + clientIP(r, trustedHops), 1, nil
-	})
-	limit := strconv.FormatUint(uint64(maxTokens), 10)
-	policy := fmt.Sprintf("%d;w=%d", maxTokens, int(math.Ceil(fill.Seconds()*float64(maxTokens)/float64(perFill))))
-	errHandler := utils.ErrorHandlerFunc(func(w http.ResponseWriter, r *http.Request, err error) {
-		var mre *ratelimit.MaxRateError
-		if !errors.As(err, &mre) {
-			httpx.WriteError(w, httpx.Unavailable("rate limiter: %v", err))
-			return
-		}
-		onLimit()
-		if !enforce {
-			next.ServeHTTP(w, r)
-			return
-		}
-		secs := strconv.Itoa(max(1, int(math.Ceil(mre.Delay.Seconds()))))
-		h := w.Header()
-		h.Set("Retry-After", secs)
-		h.Set("RateLimit-Limit", limit)
-		h.Set("RateLimit-Remaining", "0")
-		h.Set("RateLimit-Reset", secs)
-		h.Set("RateLimit-Policy", policy)
-		httpx.WriteError(w, &httpx.Error{Status: http.StatusTooManyRequests, Code: httpx.CodeRateLimited, Message: "rate limit exceeded; retry in " + secs + "s"})
-	})
-	return ratelimit.New(next, extract, rates, ratelimit.ErrorHandler(errHandler))
+	if id.Subject == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="petmesh"`)
+		httpx.WriteError(w, httpx.Unauthenticated("authentication required"))
+		return
+	}
+	if !id.HasAny(f.roles...) {
+		httpx.WriteError(w, httpx.Forbidden("requires role %s", joinRoles(f.roles)))
+		return
+	}
+	f.next.ServeHTTP(w, r)
+}
+
+// rbacRoles reads the roles of an RBAC filter config: nil when it has no
+// rules (Envoy then enforces nothing), the roles of
+// resource.RolesRBACPerRoute's shape, an error for any other shape.
+func rbacRoles(cfg *rbacv3.RBAC) ([]string, error) {
+	if cfg.GetRules() == nil {
+		return nil, nil
+	}
+	roles, err := resource.RolesFromRBACPerRoute(&rbacv3.RBACPerRoute{Rbac: cfg})
+	if err != nil {
+		return nil, err
+	}
+	return roles, nil
 }

@@ -47,6 +47,8 @@ type reqState struct {
 	entry       AccessEntry
 	stats       *rcStats
 	upstreamErr error
+	// id is the identity the jwt_authn filter verified (zero: anonymous).
+	id identity.Identity
 }
 
 type stateKey struct{}
