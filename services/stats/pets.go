@@ -72,7 +72,9 @@ const (
 // a TTL. Concurrent callers share one fetch (singleflight). It is safe for
 // concurrent use.
 type PetsClient struct {
-	base   string
+	base string
+	// host, when set, is sent as the Host header (sidecar egress routing).
+	host   string
 	hc     *http.Client
 	ttl    time.Duration
 	now    func() time.Time
@@ -166,6 +168,9 @@ func (c *PetsClient) page(ctx context.Context, cursor string) (*petsPage, error)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/pets?"+q.Encode(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
+	}
+	if c.host != "" {
+		req.Host = c.host
 	}
 	identity.SetHeaders(req.Header, identity.Identity{Subject: "stats", Roles: []string{identity.RoleViewer}})
 	req.Header.Set("Accept", "application/json")

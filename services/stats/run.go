@@ -31,6 +31,7 @@ type Config struct {
 	Retention         time.Duration
 	RetentionInterval time.Duration
 	PetsURL           string
+	PetsHost          string
 	PetsCacheTTL      time.Duration
 	PetsTimeout       time.Duration
 	QueueSize         int
@@ -96,6 +97,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Con
 	f.Duration(&c.Retention, "retention", "STATS_RETENTION", 7*24*time.Hour+time.Hour, "how long aggregates and pet views are kept (at least 1h)")
 	f.Duration(&c.RetentionInterval, "retention-interval", "STATS_RETENTION_INTERVAL", time.Minute, "how often expired rows are deleted")
 	f.String(&c.PetsURL, "pets-url", "STATS_PETS_URL", "http://127.0.0.1:7001", "base URL of the pets API")
+	f.String(&c.PetsHost, "pets-host", "STATS_PETS_HOST", "", "Host header sent to pets; set it to pets when -pets-url is the sidecar's egress listener (empty: the host of -pets-url)")
 	f.Duration(&c.PetsCacheTTL, "pets-cache-ttl", "STATS_PETS_CACHE_TTL", 60*time.Second, "how long pet counts read from the pets API are cached (0: no caching)")
 	f.Duration(&c.PetsTimeout, "pets-timeout", "STATS_PETS_TIMEOUT", 10*time.Second, "timeout of one request to the pets API")
 	f.Int(&c.QueueSize, "queue-size", "STATS_QUEUE_SIZE", 100000, "ingest queue capacity in events; POST /events answers 503 when full")
@@ -166,7 +168,7 @@ func New(ctx context.Context, cfg *Config, tel *telemetry.Telemetry, now func() 
 			otelhttp.WithMeterProvider(tel.MeterProvider),
 			otelhttp.WithPropagators(tel.Propagator)),
 	}
-	pets := &PetsClient{base: strings.TrimRight(cfg.PetsURL, "/"), hc: hc, ttl: cfg.PetsCacheTTL, now: now, logger: tel.Logger, m: m}
+	pets := &PetsClient{base: strings.TrimRight(cfg.PetsURL, "/"), host: cfg.PetsHost, hc: hc, ttl: cfg.PetsCacheTTL, now: now, logger: tel.Logger, m: m}
 	return &Service{
 		cfg: cfg, tel: tel, Store: st, Queue: q, now: now,
 		Server: &Server{store: st, queue: q, pets: pets, m: m, retention: cfg.Retention, now: now, logger: tel.Logger},

@@ -76,7 +76,10 @@ func (e *RejectedError) Error() string {
 
 // PetsConfig configures a PetsClient.
 type PetsConfig struct {
-	BaseURL     string
+	BaseURL string
+	// Host, when set, is sent as the Host header: the sidecar's egress
+	// listener routes by it (e.g. BaseURL http://127.0.0.1:15002, Host pets).
+	Host        string
 	Tokens      TokenSource // optional
 	Timeout     time.Duration
 	MaxAttempts int
@@ -180,6 +183,9 @@ func (c *PetsClient) once(ctx context.Context, body []byte) (UpsertResult, bool,
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, c.cfg.BaseURL+"/pets:batchUpsert", bytes.NewReader(body))
 	if err != nil {
 		return UpsertResult{}, false, fmt.Errorf("build request: %w", err)
+	}
+	if c.cfg.Host != "" {
+		req.Host = c.cfg.Host
 	}
 	req.Header.Set("Content-Type", "application/json")
 	identity.SetHeaders(req.Header, identity.Identity{Subject: "sync", Roles: []string{identity.RoleSync}})

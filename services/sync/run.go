@@ -38,6 +38,7 @@ type Config struct {
 	Overlap               time.Duration
 	FullEvery             time.Duration
 	PetsURL               string
+	PetsHost              string
 	BatchSize             int
 	TokenFile             string
 	LockFile              string
@@ -66,6 +67,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fl.Duration(&c.Overlap, "overlap", "SYNC_OVERLAP", time.Hour, "incremental runs ask for animals published after (last high-water mark - overlap)")
 	fl.Duration(&c.FullEvery, "full-sync-every", "SYNC_FULL_SYNC_EVERY", 7*24*time.Hour, "force a full run when the last full success is older (0 disables)")
 	fl.String(&c.PetsURL, "pets-url", "SYNC_PETS_URL", "http://127.0.0.1:7001", "base URL of the pets service")
+	fl.String(&c.PetsHost, "pets-host", "SYNC_PETS_HOST", "", "Host header sent to pets; set it to pets when -pets-url is the sidecar's egress listener (empty: the host of -pets-url)")
 	fl.Int(&c.BatchSize, "batch-size", "SYNC_BATCH_SIZE", 100, "pets per POST /pets:batchUpsert (1..500)")
 	fl.String(&c.TokenFile, "token-file", "SYNC_TOKEN_FILE", "", "file holding the bearer token sent to pets (re-read on every request); none when empty")
 	fl.String(&c.LockFile, "lock-file", "SYNC_LOCK_FILE", "", "flock file electing the single executor (default: <db>.lock); unused with -consul-addr")
@@ -195,7 +197,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if cfg.TokenFile != "" {
 		tokens = FileTokenSource{Path: cfg.TokenFile}
 	}
-	pets := NewPetsClient(PetsConfig{BaseURL: cfg.PetsURL, Tokens: tokens, MaxAttempts: cfg.MaxAttempts, Telemetry: tel})
+	pets := NewPetsClient(PetsConfig{BaseURL: cfg.PetsURL, Host: cfg.PetsHost, Tokens: tokens, MaxAttempts: cfg.MaxAttempts, Telemetry: tel})
 
 	syncer := NewSyncer(Options{
 		Store: store, Locker: locker, Source: pf, Pets: pets, BatchSize: cfg.BatchSize, PageLimit: cfg.PageLimit,
