@@ -495,7 +495,10 @@ func (lc *listenerCtx) compileRoute(vh *route.VirtualHost, r *route.Route, vi, r
 		rtr := &router{rand: opts.Rand}
 		add := func(c string, w uint64) {
 			t := &target{clusterName: c, weight: w, stats: lc.d.metrics.rc(lc.name, name, c)}
-			if cl := lc.g.clusters[c]; cl != nil {
+			if h := opts.LocalClusters[c]; h != nil {
+				t.local, t.rw = h, rw
+				t.cl = lc.g.clusters[c] // for max_requests, when present
+			} else if cl := lc.g.clusters[c]; cl != nil {
 				t.cl = cl
 				t.proxy = newProxy(cl, policy, rw, opts.MaxRetryBody)
 			} else if lc.name != "" {

@@ -88,8 +88,9 @@ type clusterRT struct {
 	maxConns     int64
 
 	// Circuit breakers.
-	sem           chan struct{} // max_requests slots
-	pending       atomic.Int64
+	maxReq        int64
+	connSlots     chan struct{} // max_connections slots (HTTP/1.1: one request per connection); nil for h2c
+	pending       atomic.Int64  // requests waiting for a connection slot
 	maxPending    int64
 	activeRq      atomic.Int64
 	activeRetries atomic.Int64
@@ -97,7 +98,8 @@ type clusterRT struct {
 	budgetPct     float64
 	minRetryConc  int64
 	hasBudget     bool
-	overflowing   atomic.Bool
+	overflowing   atomic.Bool // max_requests
+	pendingFull   atomic.Bool // max_pending_requests
 
 	outlier *outlierCfg
 	ejectMu sync.Mutex
@@ -191,8 +193,10 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 	if maxReq > 1<<20 {
 		maxReq = 1 << 20
 	}
-	cl.sem = make(chan struct{}, maxReq)
-	cl.maxPending, cl.maxConns = maxPending, maxConns
+	if maxConns < 1 {
+		return nil, errors.New("circuit_breakers.thresholds.max_connections: must be at least 1")
+	}
+	cl.maxReq, cl.maxPending, cl.maxConns = maxReq, maxPending, min(maxConns, 1<<20)
 
 	// Upstream protocol.
 	h2c := false
@@ -208,6 +212,9 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 			return nil, err
 		}
 		h2c = po.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil
+	}
+	if !h2c {
+		cl.connSlots = make(chan struct{}, cl.maxConns)
 	}
 
 	// Outlier detection.
@@ -349,11 +356,18 @@ func newTransport(cl *clusterRT, connectTimeout time.Duration, h2c bool) *http.T
 	d := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	conns := &cl.conns
 	maxConns := cl.maxConns
-	t := &http.Transport{
+	var t *http.Transport
+	t = &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if conns.Add(1) > maxConns {
 				conns.Add(-1)
-				return nil, errOverloaded
+				// Idle connections to other endpoints count against
+				// max_connections too: drop them, then try once more.
+				t.CloseIdleConnections()
+				if conns.Add(1) > maxConns {
+					conns.Add(-1)
+					return nil, errOverloaded
+				}
 			}
 			c, err := d.DialContext(ctx, network, addr)
 			if err != nil {
@@ -450,45 +464,63 @@ func (c *clusterRT) scan(start uint64) *endpointRT {
 	return nil
 }
 
-// admit applies max_requests and max_pending_requests: a request takes a
-// slot, waits for one if fewer than max_pending requests wait already, or
-// fails with errOverloaded. release must be called after a nil error.
+// admit applies the circuit breakers as Envoy does: a request beyond
+// max_requests active ones overflows at once; over HTTP/1.1 (one request
+// per connection) a request also needs one of max_connections connection
+// slots, and waits for one (a pending request) while fewer than
+// max_pending_requests wait already, else overflows. Overflow is
+// errOverloaded (503 with x-petmesh-overloaded). release must be called
+// after a nil error.
 func (c *clusterRT) admit(ctx context.Context) error {
-	select {
-	case c.sem <- struct{}{}:
-	default:
-		if c.pending.Add(1) > c.maxPending {
-			c.pending.Add(-1)
-			c.setOverflow(true)
-			return errOverloaded
-		}
-		select {
-		case c.sem <- struct{}{}:
-			c.pending.Add(-1)
-		case <-ctx.Done():
-			c.pending.Add(-1)
-			return ctx.Err()
-		}
+	if c.activeRq.Add(1) > c.maxReq {
+		c.activeRq.Add(-1)
+		c.setOverflow(&c.overflowing, "requests", true)
+		return errOverloaded
 	}
-	c.activeRq.Add(1)
 	if c.overflowing.Load() {
-		c.setOverflow(false)
+		c.setOverflow(&c.overflowing, "requests", false)
 	}
-	return nil
+	if c.connSlots == nil {
+		return nil
+	}
+	select {
+	case c.connSlots <- struct{}{}:
+		return nil
+	default:
+	}
+	if c.pending.Add(1) > c.maxPending {
+		c.pending.Add(-1)
+		c.activeRq.Add(-1)
+		c.setOverflow(&c.pendingFull, "pending", true)
+		return errOverloaded
+	}
+	defer c.pending.Add(-1)
+	select {
+	case c.connSlots <- struct{}{}:
+		if c.pendingFull.Load() {
+			c.setOverflow(&c.pendingFull, "pending", false)
+		}
+		return nil
+	case <-ctx.Done():
+		c.activeRq.Add(-1)
+		return ctx.Err()
+	}
 }
 
 func (c *clusterRT) release() {
+	if c.connSlots != nil {
+		<-c.connSlots
+	}
 	c.activeRq.Add(-1)
-	<-c.sem
 }
 
-func (c *clusterRT) setOverflow(on bool) {
-	if c.overflowing.Swap(on) != on {
+func (c *clusterRT) setOverflow(flag *atomic.Bool, resource string, on bool) {
+	if flag.Swap(on) != on {
 		v := 0.0
 		if on {
 			v = 1
 		}
-		c.stats.circuitOpen.WithLabelValues(c.name, "requests").Set(v)
+		c.stats.circuitOpen.WithLabelValues(c.name, resource).Set(v)
 	}
 }
 

@@ -77,6 +77,19 @@ type Options struct {
 	// HealthCheckClient is the client for active health checks; a client
 	// with its own transport when nil.
 	HealthCheckClient *http.Client
+	// LocalClusters serves clusters in process: a route (or weighted
+	// target) naming a cluster in this map calls its handler instead of
+	// proxying to the cluster's endpoints, which are ignored. The edge maps
+	// resource.ClusterEdgeLocal ("edge_local": the route table's target
+	// service "edge", e.g. /auth/ and /.well-known/) to its token and JWKS
+	// handlers, so those routes do not loop back through its own public
+	// listener. The route's filters (jwt_authn, rbac, local_ratelimit,
+	// fault), timeout (as the request context's deadline), prefix and host
+	// rewrites and the cluster's max_requests apply; retries, outlier
+	// detection and health checks do not. The handler sees the client's
+	// RemoteAddr and the verified identity headers; it must honour the
+	// request context.
+	LocalClusters map[string]http.Handler
 }
 
 // DataPlane holds the active handler graph. It is safe for concurrent use;

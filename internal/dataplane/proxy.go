@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -74,6 +75,9 @@ type target struct {
 	cl          *clusterRT // nil when the cluster is missing
 	proxy       *httputil.ReverseProxy
 	stats       *rcStats
+	// local serves the cluster in process (Options.LocalClusters).
+	local http.Handler
+	rw    rewriteCfg
 }
 
 // router is the terminal handler of a route: it picks a weighted target,
@@ -100,6 +104,10 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if st != nil {
 		st.stats, st.entry.Cluster = t.stats, t.clusterName
 	}
+	if t.local != nil {
+		t.serveLocal(w, r, st)
+		return
+	}
 	if t.cl == nil {
 		writeUpstreamError(w, r, errClusterNotFound)
 		return
@@ -110,6 +118,33 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer t.cl.release()
 	t.proxy.ServeHTTP(w, r)
+}
+
+// serveLocal hands the request to an in-process handler with the
+// route's rewrites applied.
+func (t *target) serveLocal(w http.ResponseWriter, r *http.Request, st *reqState) {
+	if t.cl != nil {
+		if err := t.cl.admit(r.Context()); err != nil {
+			writeUpstreamError(w, r, err)
+			return
+		}
+		defer t.cl.release()
+	}
+	if st != nil {
+		st.entry.Upstream = "local"
+	}
+	if t.rw.prefixRewrite != "" || t.rw.host != "" {
+		r2 := new(http.Request)
+		*r2 = *r
+		u := *r.URL
+		r2.URL = &u
+		t.rw.rewritePath(r2.URL)
+		if t.rw.host != "" {
+			r2.Host = t.rw.host
+		}
+		r = r2
+	}
+	t.local.ServeHTTP(w, r)
 }
 
 var bufPool = &bytePool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
@@ -126,6 +161,20 @@ type rewriteCfg struct {
 	trustedHops           int
 }
 
+// rewritePath applies prefix_rewrite to u.
+func (rw *rewriteCfg) rewritePath(u *url.URL) {
+	if rw.prefixRewrite == "" && rw.prefix == "" {
+		return
+	}
+	if strings.HasPrefix(u.Path, rw.prefix) {
+		p := rw.prefixRewrite + u.Path[len(rw.prefix):]
+		if p == "" || p[0] != '/' {
+			p = "/" + p
+		}
+		u.Path, u.RawPath = p, ""
+	}
+}
+
 func newProxy(cl *clusterRT, policy *retryPolicy, rw rewriteCfg, maxBody int64) *httputil.ReverseProxy {
 	at := &attemptTransport{cl: cl, policy: policy, maxBody: maxBody}
 	return &httputil.ReverseProxy{
@@ -133,15 +182,7 @@ func newProxy(cl *clusterRT, policy *retryPolicy, rw rewriteCfg, maxBody int64) 
 			out := pr.Out
 			out.URL.Scheme = "http"
 			out.URL.Host = cl.name // replaced by the chosen endpoint per attempt
-			if rw.prefixRewrite != "" || rw.prefix != "" {
-				if strings.HasPrefix(out.URL.Path, rw.prefix) {
-					p := rw.prefixRewrite + out.URL.Path[len(rw.prefix):]
-					if p == "" || p[0] != '/' {
-						p = "/" + p
-					}
-					out.URL.Path, out.URL.RawPath = p, ""
-				}
-			}
+			rw.rewritePath(out.URL)
 			if rw.host != "" {
 				out.Host = rw.host
 			} else {
