@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -164,7 +165,9 @@ func TestConsulHTTPCheck(t *testing.T) {
 func TestConsulAgentRestart(t *testing.T) {
 	agent := consultest.Start(t)
 	reg := prometheus.NewPedanticRegistry()
-	c := newConsul(t, agent, registry.ConsulOptions{Registerer: reg, WaitTime: 2 * time.Second})
+	var logs syncBuffer
+	c := newConsul(t, agent, registry.ConsulOptions{Registerer: reg, WaitTime: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	t.Cleanup(func() { t.Logf("registry log:\n%s", logs.String()) })
 	runBackend(t, c)
 	ctx := t.Context()
 	ch, err := c.Watch(ctx)
@@ -176,6 +179,7 @@ func TestConsulAgentRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	var last registry.Snapshot
 	waitFor := func(what string, ok func(registry.Snapshot) bool) {
 		t.Helper()
 		deadline := time.After(20 * time.Second)
@@ -185,8 +189,9 @@ func TestConsulAgentRestart(t *testing.T) {
 				if ok(s) {
 					return
 				}
+				last = s
 			case <-deadline:
-				t.Fatalf("%s: not seen within 20s", what)
+				t.Fatalf("%s: not seen within 20s; last snapshot %+v", what, last)
 			}
 		}
 	}
@@ -214,27 +219,61 @@ func TestConsulAgentRestart(t *testing.T) {
 		return errors.New("watch errors not counted yet")
 	})
 
-	agent.Restart() // dev mode: empty catalog, lower raft index
+	// Dev mode: a new raft log (the index goes backwards) and an empty
+	// catalog, into which the agent restores the services it had
+	// registered (they are kept in its data dir) with critical checks.
+	agent.Restart()
 	if err := c.Register(ctx, registry.Registration{Service: "stats", ID: "stats-1", Address: "127.0.0.1", Port: 9100}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("new agent's state", func(s registry.Snapshot) bool {
-		return len(s.Instances("pets")) == 0 && len(s.Instances("stats")) == 1
+		in, ok := s.Instance("stats-1")
+		return ok && in.Health == registry.HealthPassing && len(s.Instances("pets")) == 3
 	})
+	if err := c.SetHealth(ctx, "pets-1", registry.HealthPassing, "back"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("restored instance passing again", func(s registry.Snapshot) bool {
+		in, ok := s.Instance("pets-1")
+		return ok && in.Health == registry.HealthPassing
+	})
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestConsulRunOnce(t *testing.T) {
 	agent := consultest.Start(t)
 	c := newConsul(t, agent, registry.ConsulOptions{})
+	ch, err := c.Watch(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
 	runBackend(t, c)
-	ptestutil.Eventually(t, 5*time.Second, func() error {
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		defer cancel()
-		if err := c.Run(ctx); err == nil || !strings.Contains(err.Error(), "already running") {
-			return fmt.Errorf("second Run: %v", err)
-		}
-		return nil
-	})
+	select {
+	case <-ch: // the first snapshot: Run is running
+	case <-time.After(10 * time.Second):
+		t.Fatal("no snapshot from Run within 10s")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := c.Run(ctx); err == nil || !strings.Contains(err.Error(), "already running") {
+		t.Fatalf("second Run: %v, want already running", err)
+	}
 }
 
 func TestNextIndex(t *testing.T) {
