@@ -6,10 +6,13 @@
 // and prints it; see DEVELOPERS.md). When the variable is unset the test is
 // skipped, unless PETMESH_REQUIRE_REAL=1, in which case it fails.
 //
-// Dev mode keeps the catalog and KV in memory: Restart brings the agent
-// back on the same ports and data directory but with an empty state. Use
-// StartWith(t, Options{Persistent: true}) for a non-dev single-server
-// agent whose state survives Restart.
+// Dev mode keeps the raft state (catalog, KV) in memory: Restart brings
+// the agent back on the same ports and data directory with an empty KV and
+// a new raft log (indexes start lower: blocking-query clients must reset).
+// Services and checks registered through this agent's API are kept in its
+// data directory, as with any agent, and come back (checks critical until
+// updated). Use StartWith(t, Options{Persistent: true}) for a non-dev
+// single server whose whole state survives Restart.
 package consultest
 
 import (
@@ -138,7 +141,9 @@ func (a *Agent) args() []string {
 		"-log-level", "warn", "-disable-host-node-id",
 	}
 	if a.opts.Persistent {
-		args = append(args, "-server", "-bootstrap-expect", "1")
+		// raft_multiplier 1 (as in dev mode) makes elections take about a
+		// second instead of several.
+		args = append(args, "-server", "-bootstrap-expect", "1", "-hcl", "performance { raft_multiplier = 1 }")
 	} else {
 		args = append(args, "-dev")
 	}
@@ -257,7 +262,8 @@ func (a *Agent) Stop() {
 
 // Restart kills the agent (if running) and starts it again on the same
 // ports and data directory, then waits for a leader. In dev mode (the
-// default) the state starts empty; with Options.Persistent it is kept.
+// default) KV and the raft log start empty, but the agent restores the
+// services it registered; with Options.Persistent everything is kept.
 func (a *Agent) Restart() {
 	a.t.Helper()
 	a.Stop()

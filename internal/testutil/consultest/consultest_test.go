@@ -50,6 +50,8 @@ func TestStartRegisterRestart(t *testing.T) {
 				}
 				return nil
 			})
+			// Either way the agent restores the services it registered.
+			a.WaitForService(t.Context(), "pets", 1, 10*time.Second)
 		})
 	}
 }
