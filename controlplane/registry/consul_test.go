@@ -317,3 +317,28 @@ func TestNewConsulValidates(t *testing.T) {
 		})
 	}
 }
+
+// TestConsulSnapshotWithoutRun: a registrar-only user (a sidecar, petctl)
+// can read the catalog without running the watch loops.
+func TestConsulSnapshotWithoutRun(t *testing.T) {
+	agent := consultest.Start(t)
+	c := newConsul(t, agent, registry.ConsulOptions{})
+	ctx := t.Context()
+	if err := c.Register(ctx, registry.Registration{Service: "pets", ID: "pets-1", Address: "127.0.0.1", Port: 9001, Version: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	ptestutil.Eventually(t, 5*time.Second, func() error {
+		s, err := c.Snapshot(ctx)
+		if err != nil {
+			return err
+		}
+		in, ok := s.Instance("pets-1")
+		if !ok || in.Version != "v1" || in.Health != registry.HealthPassing {
+			return fmt.Errorf("snapshot %+v", s)
+		}
+		if _, ok := s.Services["consul"]; ok {
+			return errors.New("the consul service itself is listed")
+		}
+		return nil
+	})
+}
