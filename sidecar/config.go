@@ -59,6 +59,7 @@ type Config struct {
 	DeregisterWait time.Duration
 	AccessLog      bool
 	LogLevel       string
+	Pprof          bool
 }
 
 var (
@@ -98,6 +99,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.Duration(&c.DeregisterWait, "deregister-wait", "SIDECAR_DEREGISTER_WAIT", 3*time.Second, "after deregistering, the longest wait for the removal to reach the proxies (ends early once this sidecar's own xDS endpoints no longer list it) while inbound keeps serving")
 	f.Bool(&c.AccessLog, "access-log", "SIDECAR_ACCESS_LOG", true, "log every request as a JSON line (msg \"access\")")
 	f.String(&c.LogLevel, "log-level", "SIDECAR_LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	f.Bool(&c.Pprof, "pprof", "SIDECAR_PPROF", false, "serve /debug/pprof/ on the admin listener")
 	if err := f.Parse(args); err != nil {
 		return c, err
 	}

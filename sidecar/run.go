@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -250,6 +251,14 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		quitOnce.Do(func() { close(quit) })
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "stopping"})
 	})
+
+	if cfg.Pprof {
+		admin.HandleFunc("/debug/pprof/", pprof.Index)
+		admin.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 
 	outHandler := dp.Handler(resource.ListenerOutbound)
 	if tokens != nil {

@@ -1,0 +1,401 @@
+// Command bench measures the sidecar's resource use and added latency at a
+// fixed request rate: it builds and starts the real control plane and
+// sidecar binaries, an in-process app and token issuer, then drives a
+// fixed-rate (open-loop) load at the app directly and through the
+// sidecar's inbound listener (token verified on every request), and
+// reports p50/p99/p99.9 latencies, the added latency, and the sidecar's
+// RSS and CPU from /proc. Linux only.
+//
+//	go run ./sidecar/bench -rps 1000 -duration 30s
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/petmesh/petmesh/internal/jwtauth"
+)
+
+const regToken = "bench-registration-token-0123456789"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	rps := flag.Int("rps", 1000, "fixed request rate")
+	dur := flag.Duration("duration", 30*time.Second, "measured duration per target")
+	warm := flag.Duration("warmup", 5*time.Second, "warm-up at the same rate before measuring")
+	accessLog := flag.Bool("access-log", true, "sidecar access log on (as in production)")
+	profile := flag.String("cpuprofile", "", "write a CPU profile of the sidecar during the measured window to this file")
+	flag.Parse()
+
+	dir, err := os.MkdirTemp("", "petmesh-bench-")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	for _, pkg := range []string{"./controlplane/cmd/controlplane", "./sidecar/cmd/sidecar"} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", dir, pkg)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+		}
+	}
+
+	// Issuer: JWKS served in-process, one token for the load.
+	ks, err := jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: filepath.Join(dir, "keys")})
+	if err != nil {
+		return err
+	}
+	is, err := jwtauth.NewIssuer(jwtauth.IssuerConfig{Issuer: "bench", Audience: []string{"petmesh"}, TTL: time.Hour, Keys: ks})
+	if err != nil {
+		return err
+	}
+	tok, err := is.Issue("bench-user", []string{"viewer"})
+	if err != nil {
+		return err
+	}
+	jwksURL, closeJWKS, err := serve(ks.JWKSHandler())
+	if err != nil {
+		return err
+	}
+	defer closeJWKS()
+
+	// The app: a small JSON answer, like a cached GET.
+	body := []byte(`{"id":"42","name":"Rex","species":"Dog","age":3,"tags":["good","boy"]}`)
+	appURL, closeApp, err := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	}))
+	if err != nil {
+		return err
+	}
+	defer closeApp()
+	appAddr := strings.TrimPrefix(appURL, "http://")
+
+	table := filepath.Join(dir, "table.yaml")
+	if err := os.WriteFile(table, []byte("routes:\n  - name: pets\n    match: {prefix: /pets}\n    targets: [{service: pets}]\nservices:\n  pets:\n    bulkhead: {max_concurrent: 1024}\n"), 0o600); err != nil {
+		return err
+	}
+	cp, err := start(ctx, filepath.Join(dir, "controlplane"), []string{
+		"-xds-addr", "127.0.0.1:0", "-api-addr", "127.0.0.1:0", "-store-dir", filepath.Join(dir, "store"),
+		"-initial-table", table, "-jwks-url", jwksURL, "-issuer", "bench",
+		"CONTROLPLANE_REGISTRATION_TOKEN=" + regToken,
+	}, "xds", "api")
+	if err != nil {
+		return err
+	}
+	defer cp.stop()
+	sc, err := start(ctx, filepath.Join(dir, "sidecar"), []string{
+		"-service", "pets", "-instance", "pets-bench", "-app-addr", appAddr,
+		"-inbound-addr", "127.0.0.1:0", "-outbound-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0",
+		"-xds-addr", cp.addrs["xds"], "-registry-url", "http://" + cp.addrs["api"],
+		"-access-log=" + strconv.FormatBool(*accessLog), "-pprof=" + strconv.FormatBool(*profile != ""),
+		"SIDECAR_REGISTRATION_TOKEN=" + regToken,
+	}, "inbound", "outbound", "admin")
+	if err != nil {
+		return err
+	}
+	defer sc.stop()
+	if err := waitReady(ctx, "http://"+sc.addrs["admin"]+"/readyz"); err != nil {
+		return err
+	}
+
+	hdr := http.Header{"Authorization": {"Bearer " + tok.Raw}}
+	fmt.Printf("petmesh sidecar benchmark: %d rps open-loop, %v measured after %v warm-up, GOMAXPROCS of the sidecar = all %d CPUs, access log %v\n",
+		*rps, *dur, *warm, numCPU(), *accessLog)
+
+	direct, err := load(ctx, appURL+"/pets/42", nil, *rps, *warm, *dur, nil)
+	if err != nil {
+		return err
+	}
+	var cpu0, cpu1 float64
+	var maxRSS int64
+	via, err := load(ctx, "http://"+sc.addrs["inbound"]+"/pets/42", hdr, *rps, *warm, *dur, func(phase string) {
+		switch phase {
+		case "start":
+			cpu0 = cpuSeconds(sc.cmd.Process.Pid)
+			if *profile != "" {
+				go fetchProfile("http://"+sc.addrs["admin"], *dur, *profile)
+			}
+		case "sample":
+			maxRSS = max(maxRSS, rssKB(sc.cmd.Process.Pid))
+		case "end":
+			cpu1 = cpuSeconds(sc.cmd.Process.Pid)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n%-22s %8s %8s %8s %8s %8s %7s\n", "target", "sent", "errors", "p50", "p90", "p99", "p99.9")
+	direct.print("app direct")
+	via.print("sidecar inbound (JWT)")
+	fmt.Printf("\nadded latency by the sidecar: p50 %v, p99 %v\n",
+		(via.q(0.50) - direct.q(0.50)).Round(time.Microsecond), (via.q(0.99) - direct.q(0.99)).Round(time.Microsecond))
+	fmt.Printf("sidecar CPU: %.3f vCPU (utime+stime over the measured window)\n", (cpu1-cpu0)/dur.Seconds())
+	fmt.Printf("sidecar RSS: max %.1f MB during the window, %.1f MB at the end\n", float64(maxRSS)/1024, float64(rssKB(sc.cmd.Process.Pid))/1024)
+	return nil
+}
+
+type result struct {
+	lat    []time.Duration
+	sent   int
+	errors int
+	first  string
+}
+
+func (r *result) q(p float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return r.lat[min(int(p*float64(len(r.lat))), len(r.lat)-1)]
+}
+
+func (r *result) print(name string) {
+	fmt.Printf("%-22s %8d %8d %8v %8v %8v %7v\n", name, r.sent, r.errors,
+		r.q(0.5).Round(time.Microsecond), r.q(0.9).Round(time.Microsecond), r.q(0.99).Round(time.Microsecond), r.q(0.999).Round(time.Microsecond))
+	if r.first != "" {
+		fmt.Printf("  first error: %s\n", r.first)
+	}
+}
+
+// load sends requests at a fixed rate (open loop: one goroutine per
+// request on a schedule; latency counted from the scheduled time, so a
+// stall is not hidden) for warm+dur, recording only the last dur.
+func load(ctx context.Context, url string, hdr http.Header, rps int, warm, dur time.Duration, hook func(string)) (*result, error) {
+	tr := &http.Transport{MaxIdleConns: 4096, MaxIdleConnsPerHost: 4096, IdleConnTimeout: time.Minute}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	interval := time.Second / time.Duration(rps)
+	total := int((warm + dur) / interval)
+	warmN := int(warm / interval)
+	res := &result{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range total {
+		at := start.Add(time.Duration(i) * interval)
+		if d := time.Until(at); d > 0 {
+			time.Sleep(d)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if hook != nil {
+			if i == warmN {
+				hook("start")
+			}
+			if i%500 == 0 {
+				hook("sample")
+			}
+		}
+		measure := i >= warmN
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			for k, v := range hdr {
+				req.Header[k] = v
+			}
+			resp, err := client.Do(req)
+			if err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+			d := time.Since(at)
+			if !measure {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			res.sent++
+			if err != nil {
+				res.errors++
+				if res.first == "" {
+					res.first = err.Error()
+				}
+				return
+			}
+			res.lat = append(res.lat, d)
+		})
+	}
+	if hook != nil {
+		hook("end")
+	}
+	wg.Wait()
+	slices.Sort(res.lat)
+	return res, nil
+}
+
+type proc struct {
+	cmd   *exec.Cmd
+	addrs map[string]string
+}
+
+func (p *proc) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// start runs bin with args (entries with "=" and no leading "-" are
+// environment variables) and waits for the named listeners.
+func start(ctx context.Context, bin string, args []string, names ...string) (*proc, error) {
+	var flags, env []string
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") && strings.Contains(a, "=") {
+			env = append(env, a)
+		} else {
+			flags = append(flags, a)
+		}
+	}
+	cmd := exec.Command(bin, flags...)
+	cmd.Env = append(os.Environ(), env...)
+	pr, pw := io.Pipe()
+	cmd.Stderr, cmd.Stdout = pw, pw
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{cmd: cmd, addrs: map[string]string{}}
+	found := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		closed := false
+		var mu sync.Mutex
+		for sc.Scan() {
+			var rec struct{ Msg, Name, Addr string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "listening" {
+				mu.Lock()
+				p.addrs[rec.Name] = rec.Addr
+				all := true
+				for _, n := range names {
+					if p.addrs[n] == "" {
+						all = false
+					}
+				}
+				mu.Unlock()
+				if all && !closed {
+					closed = true
+					close(found)
+				}
+			} else if strings.Contains(sc.Text(), `"level":"ERROR"`) || !strings.HasPrefix(sc.Text(), "{") {
+				fmt.Fprintln(os.Stderr, filepath.Base(bin)+":", sc.Text())
+			}
+		}
+	}()
+	select {
+	case <-found:
+		return p, nil
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		return nil, fmt.Errorf("%s did not announce %v", bin, names)
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		return nil, ctx.Err()
+	}
+}
+
+// fetchProfile saves a CPU profile of the sidecar covering d.
+func fetchProfile(admin string, d time.Duration, file string) {
+	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", admin, int(d.Seconds())))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, _ := io.ReadAll(resp.Body)
+	_ = os.WriteFile(file, b, 0o600)
+}
+
+func serve(h http.Handler) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
+}
+
+func waitReady(ctx context.Context, url string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return errors.New("sidecar not ready within 30s")
+}
+
+// cpuSeconds is utime+stime of pid from /proc/<pid>/stat.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+// rssKB is VmRSS of pid in KiB.
+func rssKB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func numCPU() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Count(string(b), "processor\t:")
+}
