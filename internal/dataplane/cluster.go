@@ -107,6 +107,7 @@ type clusterRT struct {
 	// cacheTTL (cluster metadata petmesh.cache_ttl) enables the GET
 	// response cache; 0 disables it.
 	cacheTTL time.Duration
+	cache    *respCache
 
 	hc      *hcCfg
 	hcStop  context.CancelFunc
@@ -327,6 +328,14 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 				}
 			}
 			cl.eps = append(cl.eps, ep)
+		}
+	}
+
+	if cl.cacheTTL > 0 {
+		if prev != nil && prev.cache != nil && prev.cacheTTL == cl.cacheTTL {
+			cl.cache = prev.cache // keep the cached responses across endpoint changes
+		} else {
+			cl.cache = newRespCache(cl.cacheTTL, opts.Now)
 		}
 	}
 

@@ -49,6 +49,8 @@ type reqState struct {
 	upstreamErr error
 	// id is the identity the jwt_authn filter verified (zero: anonymous).
 	id identity.Identity
+	// capture records a cacheable upstream response (nil otherwise).
+	capture *capture
 }
 
 type stateKey struct{}
@@ -66,8 +68,11 @@ func stateFromContext(ctx context.Context) *reqState {
 }
 
 func stateOf(w http.ResponseWriter) *reqState {
-	if rw, ok := w.(*respWriter); ok {
+	switch rw := w.(type) {
+	case *respWriter:
 		return rw.st
+	case *captureWriter:
+		return stateOf(rw.ResponseWriter)
 	}
 	return nil
 }

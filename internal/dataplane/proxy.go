@@ -112,6 +112,14 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeUpstreamError(w, r, errClusterNotFound)
 		return
 	}
+	if c := t.cl.cache; c != nil && st != nil && cacheableRequest(r) {
+		if c.serve(w, st.entry.Route, r) {
+			return
+		}
+		st.capture = &capture{}
+		w = &captureWriter{ResponseWriter: w, c: st.capture}
+		defer c.store(st.entry.Route, r, st.capture)
+	}
 	if err := t.cl.admit(r.Context()); err != nil {
 		writeUpstreamError(w, r, err)
 		return
@@ -199,6 +207,9 @@ func newProxy(cl *clusterRT, policy *retryPolicy, rw rewriteCfg, maxBody int64) 
 		BufferPool:   bufPool,
 		ErrorHandler: writeUpstreamError,
 		ModifyResponse: func(resp *http.Response) error {
+			if st := stateFromContext(resp.Request.Context()); st != nil && st.capture != nil {
+				st.capture.status, st.capture.header = resp.StatusCode, resp.Header.Clone()
+			}
 			// The proxy's own request id is already on the response.
 			resp.Header.Del("X-Request-Id")
 			return nil

@@ -574,3 +574,63 @@ func TestTranslatedSidecar(t *testing.T) {
 		}
 	})
 }
+
+const compatCache = `
+routes:
+  - name: pets
+    match: {prefix: /pets}
+    targets: [{service: pets}]
+services:
+  pets:
+    cache: {ttl: 30s}
+`
+
+func TestTranslatedResponseCache(t *testing.T) {
+	var n atomic.Int64
+	be := newCompatBackend(t, "pets-1", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/pets/public":
+			w.Header().Set("Cache-Control", "public")
+		case "/pets/nostore":
+			w.Header().Set("Cache-Control", "no-store")
+		case "/pets/short":
+			w.Header().Set("Cache-Control", "max-age=5")
+		}
+		fmt.Fprintf(w, "%s #%d for %s", r.URL.Path, n.Add(1), r.Header.Get(identity.HeaderSubject))
+	})
+	clock := &frozenClock{t: time.Unix(1_700_000_000, 0)}
+	p := newCompatProxy(t, compatCache, []translate.Instance{be.instance(t, "pets", "v1")}, compatEdgeNode(0), resource.ListenerEdge, dataplane.Options{Now: clock.now})
+
+	tests := []struct {
+		desc     string
+		req      compatReq
+		advance  time.Duration
+		wantBody string
+		wantHit  bool
+	}{
+		{desc: "first GET goes upstream", req: compatReq{path: "/pets/1", id: "alice"}, wantBody: "/pets/1 #1 for alice"},
+		{desc: "same GET same subject is a hit", req: compatReq{path: "/pets/1", id: "alice"}, advance: 10 * time.Second, wantBody: "/pets/1 #1 for alice", wantHit: true},
+		{desc: "another subject never sees it", req: compatReq{path: "/pets/1", id: "bob"}, wantBody: "/pets/1 #2 for bob"},
+		{desc: "POST is not cached", req: compatReq{method: "POST", path: "/pets/1", id: "alice"}, wantBody: "/pets/1 #3 for alice"},
+		{desc: "no-cache request bypasses", req: compatReq{path: "/pets/1", id: "alice", hdr: map[string]string{"Cache-Control": "no-cache"}}, wantBody: "/pets/1 #4 for alice"},
+		{desc: "public response stored", req: compatReq{path: "/pets/public", id: "alice"}, wantBody: "/pets/public #5 for alice"},
+		{desc: "public response shared", req: compatReq{path: "/pets/public", id: "bob"}, wantBody: "/pets/public #5 for alice", wantHit: true},
+		{desc: "no-store response stored not", req: compatReq{path: "/pets/nostore", id: "alice"}, wantBody: "/pets/nostore #6"},
+		{desc: "no-store response again upstream", req: compatReq{path: "/pets/nostore", id: "alice"}, wantBody: "/pets/nostore #7"},
+		{desc: "max-age shorter than the ttl", req: compatReq{path: "/pets/short", id: "alice"}, wantBody: "/pets/short #8"},
+		{desc: "max-age expired", req: compatReq{path: "/pets/short", id: "alice"}, advance: 6 * time.Second, wantBody: "/pets/short #9"},
+		{desc: "ttl expired", req: compatReq{path: "/pets/1", id: "alice"}, advance: 30 * time.Second, wantBody: "/pets/1 #10 for alice"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			clock.advance(tc.advance)
+			st, hdr, body := p.do(t, tc.req)
+			if st != 200 || !strings.HasPrefix(body, tc.wantBody) {
+				t.Fatalf("got %d %q, want 200 %q", st, body, tc.wantBody)
+			}
+			if hit := hdr.Get("Age") != ""; hit != tc.wantHit {
+				t.Fatalf("cache hit %v (Age %q), want %v", hit, hdr.Get("Age"), tc.wantHit)
+			}
+		})
+	}
+}
