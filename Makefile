@@ -18,6 +18,10 @@ BINARIES := pets=./services/pets/cmd/pets \
             sync=./services/sync/cmd/sync \
             stats=./services/stats/cmd/stats \
             petfinder-standin=./dev/petfinder-standin/cmd/petfinder-standin \
+            controlplane=./controlplane/cmd/controlplane \
+            petctl=./controlplane/cmd/petctl \
+            edge=./edge/cmd/edge \
+            sidecar=./sidecar/cmd/sidecar \
             petmesh-dev=./dev/launcher/cmd/petmesh-dev
 
 .PHONY: help
@@ -32,16 +36,19 @@ build: ## Build every binary into bin/.
 	@ls $(BIN)
 
 .PHONY: run
-run: build ## Run the whole topology in the foreground (Ctrl-C stops it).
-	$(BIN)/petmesh-dev -bin $(BIN) -dir $(RUN_DIR)
+REGISTRY ?= builtin
+CONSUL_ENV = $(if $(filter consul,$(REGISTRY)),PETMESH_CONSUL_BIN=$$(scripts/tool.sh consul),)
+
+run: build ## Run the whole topology in the foreground (Ctrl-C stops it). REGISTRY=consul uses a real Consul.
+	$(CONSUL_ENV) $(BIN)/petmesh-dev -bin $(BIN) -dir $(RUN_DIR) -registry $(REGISTRY)
 
 .PHONY: start
 start: build ## Start the same topology in the background (logs and pids under .run/).
 	@mkdir -p $(RUN_DIR)
 	@if [ -f $(RUN_DIR)/petmesh-dev.pid ] && kill -0 $$(cat $(RUN_DIR)/petmesh-dev.pid) 2>/dev/null; then \
 	  echo "already running (pid $$(cat $(RUN_DIR)/petmesh-dev.pid))"; exit 1; fi
-	@nohup $(BIN)/petmesh-dev -bin $(BIN) -dir $(RUN_DIR) > $(RUN_DIR)/petmesh-dev.log 2>&1 & echo $$! > $(RUN_DIR)/petmesh-dev.pid
-	@for i in $$(seq 1 300); do grep -q "petmesh is up" $(RUN_DIR)/petmesh-dev.log 2>/dev/null && break; \
+	@$(CONSUL_ENV) nohup $(BIN)/petmesh-dev -bin $(BIN) -dir $(RUN_DIR) -registry $(REGISTRY) > $(RUN_DIR)/petmesh-dev.log 2>&1 & echo $$! > $(RUN_DIR)/petmesh-dev.pid
+	@for i in $$(seq 1 900); do grep -q "petmesh is up" $(RUN_DIR)/petmesh-dev.log 2>/dev/null && break; \
 	  kill -0 $$(cat $(RUN_DIR)/petmesh-dev.pid) 2>/dev/null || { cat $(RUN_DIR)/petmesh-dev.log; exit 1; }; sleep 0.2; done
 	@cat $(RUN_DIR)/petmesh-dev.log | grep -v '^{' || true
 

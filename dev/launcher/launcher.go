@@ -35,6 +35,11 @@ type Proc struct {
 	Listeners []string
 	// Job processes run to completion (their exit is not an error).
 	Job bool
+	// Absolute means Bin is a path, not a name inside the bin directory.
+	Absolute bool
+	// Ready, when set, is polled after the listeners are announced; the
+	// next process starts once it returns nil.
+	Ready func(context.Context) error
 }
 
 // running is a started process.
@@ -73,6 +78,9 @@ func (l *Launcher) Start(ctx context.Context, p Proc) error {
 		return err
 	}
 	bin := filepath.Join(l.BinDir, p.Bin)
+	if p.Absolute {
+		bin = p.Bin
+	}
 	cmd := exec.Command(bin, p.Args...)
 	cmd.Env = append(os.Environ(), p.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -131,7 +139,12 @@ func (l *Launcher) Start(ctx context.Context, p Proc) error {
 	}
 	select {
 	case <-announced:
-		fmt.Fprintf(l.Out, "  started %-20s pid %d\n", p.Name, cmd.Process.Pid)
+		if p.Ready != nil {
+			if err := l.waitReady(ctx, p, r, timeout); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(l.Out, "  started %-24s pid %d\n", p.Name, cmd.Process.Pid)
 		return nil
 	case <-r.done:
 		if p.Job && r.err == nil {
@@ -142,6 +155,30 @@ func (l *Launcher) Start(ctx context.Context, p Proc) error {
 		return fmt.Errorf("%s did not announce %v within %v; see %s", p.Name, p.Listeners, timeout, filepath.Join(l.RunDir, "logs", p.Name+".log"))
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// waitReady polls p.Ready until it passes, the process exits, or timeout.
+func (l *Launcher) waitReady(ctx context.Context, p Proc, r *running, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		last = p.Ready(pctx)
+		cancel()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-r.done:
+			return fmt.Errorf("%s exited while getting ready (%v); see %s", p.Name, r.err, filepath.Join(l.RunDir, "logs", p.Name+".log"))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready within %v: %v; see %s", p.Name, timeout, last, filepath.Join(l.RunDir, "logs", p.Name+".log"))
+		}
 	}
 }
 

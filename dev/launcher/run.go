@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -17,6 +16,8 @@ type Options struct {
 	RunDir string
 	// Registry is "builtin" or "consul".
 	Registry string
+	// ConsulBin is the consul binary used with Registry "consul".
+	ConsulBin string
 }
 
 // Run starts the topology, prints how to use it, and stops everything when
@@ -27,11 +28,15 @@ func Run(ctx context.Context, args []string, getenv func(string) string, out io.
 	f.String(&o.BinDir, "bin", "PETMESH_BIN", "bin", "directory holding the petmesh binaries")
 	f.String(&o.RunDir, "dir", "PETMESH_RUN_DIR", ".run", "run directory for logs, pids and data")
 	f.String(&o.Registry, "registry", "REGISTRY", "builtin", "service registry and route store: builtin or consul")
+	f.String(&o.ConsulBin, "consul-bin", "PETMESH_CONSUL_BIN", "", "consul binary for -registry consul (make run builds it with scripts/tool.sh consul)")
 	if err := f.Parse(args); err != nil {
 		return err
 	}
 	if o.Registry != "builtin" && o.Registry != "consul" {
 		return fmt.Errorf("-registry: want builtin or consul, got %q", o.Registry)
+	}
+	if o.Registry == "consul" && o.ConsulBin == "" {
+		return fmt.Errorf("-consul-bin: required with -registry consul")
 	}
 	bin, err := filepath.Abs(o.BinDir)
 	if err != nil {
@@ -41,18 +46,19 @@ func Run(ctx context.Context, args []string, getenv func(string) string, out io.
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
+	o.BinDir, o.RunDir = bin, dir
+	if err := prepare(dir); err != nil {
 		return err
 	}
 	l := &Launcher{BinDir: bin, RunDir: dir, Out: out}
 	fmt.Fprintf(out, "petmesh: starting the topology (logs in %s)\n", filepath.Join(dir, "logs"))
-	for _, p := range Topology(dir) {
+	for _, p := range Topology(o) {
 		if err := l.Start(ctx, p); err != nil {
 			_ = l.StopAll()
 			return err
 		}
 	}
-	fmt.Fprint(out, Banner())
+	fmt.Fprint(out, Banner(o))
 	exited := l.Exited()
 	select {
 	case <-ctx.Done():
