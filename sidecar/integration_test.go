@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -158,6 +159,11 @@ func (a *app) addr() string { return strings.TrimPrefix(a.srv.URL, "http://") }
 
 func startControlPlane(t *testing.T, iss *issuer) *tu.Process {
 	t.Helper()
+	return startControlPlaneAt(t, iss, "127.0.0.1:0", "127.0.0.1:0")
+}
+
+func startControlPlaneAt(t *testing.T, iss *issuer, xdsAddr, apiAddr string) *tu.Process {
+	t.Helper()
 	dir := t.TempDir()
 	tableFile := filepath.Join(dir, "table.yaml")
 	if err := os.WriteFile(tableFile, []byte(table), 0o600); err != nil {
@@ -166,7 +172,7 @@ func startControlPlane(t *testing.T, iss *issuer) *tu.Process {
 	bin := tu.BuildBinary(t, "./controlplane/cmd/controlplane")
 	return tu.Start(t, bin, tu.StartOptions{
 		Args: []string{
-			"-xds-addr", "127.0.0.1:0", "-api-addr", "127.0.0.1:0", "-debounce-quiet", "20ms", "-debounce-max", "200ms",
+			"-xds-addr", xdsAddr, "-api-addr", apiAddr, "-debounce-quiet", "20ms", "-debounce-max", "200ms",
 			"-store-dir", filepath.Join(dir, "store"), "-initial-table", tableFile,
 			"-jwks-url", iss.jwksURL(), "-issuer", testIssuer, "-audience", "petmesh",
 		},
@@ -179,6 +185,7 @@ type sidecarOpts struct {
 	service, instance string
 	app               *app
 	cp                *tu.Process
+	xdsAddr, apiURL   string // instead of cp
 	args              []string
 	env               []string
 }
@@ -186,10 +193,13 @@ type sidecarOpts struct {
 func startSidecar(t *testing.T, o sidecarOpts) *tu.Process {
 	t.Helper()
 	bin := tu.BuildBinary(t, "./sidecar/cmd/sidecar")
+	if o.cp != nil {
+		o.xdsAddr, o.apiURL = o.cp.Addr("xds"), o.cp.URL("api")
+	}
 	args := []string{
 		"-service", o.service, "-instance", o.instance, "-version", "v1", "-app-addr", o.app.addr(),
 		"-inbound-addr", "127.0.0.1:0", "-outbound-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0",
-		"-xds-addr", o.cp.Addr("xds"), "-registry-url", o.cp.URL("api"),
+		"-xds-addr", o.xdsAddr, "-registry-url", o.apiURL,
 		"-ttl", "1500ms", "-health-interval", "200ms", "-deregister-wait", "3s", "-drain-timeout", "10s",
 	}
 	return tu.Start(t, bin, tu.StartOptions{
@@ -567,6 +577,15 @@ func TestEgressByNameWithServiceToken(t *testing.T) {
 			t.Fatalf("status %d, want 404: %s", code, body)
 		}
 	})
+	t.Run("control plane away: last good config keeps serving", func(t *testing.T) {
+		cp.Kill()
+		for i := range 20 {
+			code, body := call(t, "GET", out+"/echo/after", map[string]string{"Host": "echo"})
+			if code != http.StatusOK {
+				t.Fatalf("request %d after the control plane stopped: %d %s", i, code, body)
+			}
+		}
+	})
 	t.Run("trace context crosses the hop", func(t *testing.T) {
 		tp := "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 		code, _ := call(t, "GET", out+"/echo/trace", map[string]string{"Host": "echo", "Traceparent": tp})
@@ -580,4 +599,36 @@ func TestEgressByNameWithServiceToken(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// TestStartsBeforeControlPlane: processes start in any order. The sidecar
+// comes up first, retries the control plane and the registry, and
+// registers once both are there.
+func TestStartsBeforeControlPlane(t *testing.T) {
+	iss := newIssuer(t)
+	a := newApp(t, true)
+	xdsAddr, apiAddr := freeAddr(t), freeAddr(t)
+	sc := startSidecar(t, sidecarOpts{service: "echo", instance: "echo-early", app: a, xdsAddr: xdsAddr, apiURL: "http://" + apiAddr})
+	if code, _ := call(t, "GET", sc.URL("admin")+"/readyz", nil); code != http.StatusServiceUnavailable {
+		t.Fatalf("readyz %d without a control plane, want 503", code)
+	}
+	cp := startControlPlaneAt(t, iss, xdsAddr, apiAddr)
+	waitHealth(t, cp, "echo-early", registry.HealthPassing)
+	waitReady(t, sc)
+	code, body := call(t, "GET", sc.URL("inbound")+"/echo/x", map[string]string{"Authorization": "Bearer " + iss.token(t, "alice")})
+	if code != http.StatusOK {
+		t.Fatalf("inbound %d: %s", code, body)
+	}
 }
