@@ -313,6 +313,7 @@ func (c *Consul) Run(ctx context.Context) error {
 	var index uint64
 	bo := c.newBackoff()
 	for {
+		start := time.Now()
 		q := (&api.QueryOptions{WaitIndex: index, WaitTime: c.wait}).WithContext(ctx)
 		names, meta, err := c.client.Catalog().Services(q)
 		if ctx.Err() != nil {
@@ -328,6 +329,9 @@ func (c *Consul) Run(ctx context.Context) error {
 			continue
 		}
 		bo.reset()
+		if !c.pace(ctx, index, meta.LastIndex, start) {
+			return nil
+		}
 		index = NextIndex(index, meta.LastIndex)
 
 		want := map[string]bool{}
@@ -374,6 +378,7 @@ func (c *Consul) watchService(ctx context.Context, name string) {
 	var index uint64
 	bo := c.newBackoff()
 	for {
+		start := time.Now()
 		q := (&api.QueryOptions{WaitIndex: index, WaitTime: c.wait}).WithContext(ctx)
 		entries, meta, err := c.client.Health().Service(name, "", false, q)
 		if ctx.Err() != nil {
@@ -389,6 +394,9 @@ func (c *Consul) watchService(ctx context.Context, name string) {
 			continue
 		}
 		bo.reset()
+		if !c.pace(ctx, index, meta.LastIndex, start) {
+			return
+		}
 		next := NextIndex(index, meta.LastIndex)
 		if next == 0 {
 			c.log.InfoContext(ctx, "consul index went backwards; resetting", "service", name, "was", index, "now", meta.LastIndex)
@@ -408,6 +416,17 @@ func (c *Consul) watchService(ctx context.Context, name string) {
 		}
 		c.mu.Unlock()
 	}
+}
+
+// pace guards against a busy loop: a blocking query that came back at once
+// with the index it waited on (which Consul may do, e.g. while it has no
+// leader) is followed by a MinBackoff pause. It reports false when ctx
+// ended meanwhile.
+func (c *Consul) pace(ctx context.Context, waited, got uint64, start time.Time) bool {
+	if waited > 1 && got == waited && time.Since(start) < c.minBackoff {
+		return sleepCtx(ctx, c.minBackoff)
+	}
+	return true
 }
 
 // NextIndex returns the WaitIndex for the next blocking query after one
