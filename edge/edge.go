@@ -61,7 +61,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			tel.Logger.Warn("telemetry shutdown", "err", err)
 		}
 	}()
-	return serve(ctx, &cfg, tel)
+	return serve(ctx, &cfg, tel, stderr)
 }
 
 // server holds the edge's parts; built by build, run by serve.
@@ -80,6 +80,8 @@ type server struct {
 	// edge_local cluster is pointed at it.
 	localAddr netip.AddrPort
 	accessLog bool
+	// accessLogger writes the access log (batched); log when nil.
+	accessLogger *slog.Logger
 }
 
 // build assembles everything that does not need a socket.
@@ -156,13 +158,21 @@ func registerAuthMetrics(reg prometheus.Registerer, f *meshauth.Factory) error {
 	return nil
 }
 
-func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry) error {
+func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry, stderr io.Writer) error {
 	log := tel.Logger
 	s, err := build(cfg, tel)
 	if err != nil {
 		return err
 	}
 	defer s.dp.Close()
+	// Access-log lines are batched (flushed every 100ms or per 32 KiB) and
+	// written to stderr beside the other log lines.
+	accessBuf := newLineBuffer(stderr, 32<<10)
+	s.accessLogger = telemetry.NewLogger(accessBuf, slog.LevelInfo).With("service", "edge")
+	var logWG sync.WaitGroup
+	logCtx, stopLog := context.WithCancel(context.WithoutCancel(ctx))
+	logWG.Go(func() { accessBuf.Run(logCtx, 100*time.Millisecond) })
+	defer func() { stopLog(); logWG.Wait() }()
 
 	var bootstrap *client.Snapshot
 	if cfg.Bootstrap != "" {
@@ -318,6 +328,10 @@ func (s *server) apply(ctx context.Context, snap *client.Snapshot) error {
 // event per request. It never blocks (the event queue drops when full).
 func (s *server) access(ctx context.Context, e *dataplane.AccessEntry) {
 	if s.accessLog {
+		logger := s.accessLogger
+		if logger == nil {
+			logger = s.log
+		}
 		attrs := [...]slog.Attr{
 			slog.String("client_ip", e.ClientIP),
 			slog.String("method", e.Method),
@@ -339,9 +353,9 @@ func (s *server) access(ctx context.Context, e *dataplane.AccessEntry) {
 		}
 		if !trace.SpanContextFromContext(ctx).IsValid() && e.TraceID != "" {
 			all := append(attrs[:n:n], slog.String("trace_id", e.TraceID))
-			s.log.LogAttrs(ctx, slog.LevelInfo, "access", all...)
+			logger.LogAttrs(ctx, slog.LevelInfo, "access", all...)
 		} else {
-			s.log.LogAttrs(ctx, slog.LevelInfo, "access", attrs[:n]...)
+			logger.LogAttrs(ctx, slog.LevelInfo, "access", attrs[:n]...)
 		}
 	}
 	if s.sink != nil {

@@ -38,7 +38,7 @@ type backend struct {
 	hold chan struct{} // when set, requests block until it is closed
 }
 
-func newBackend(t *testing.T, name string) *backend {
+func newBackend(t testing.TB, name string) *backend {
 	b := &backend{}
 	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
@@ -61,7 +61,7 @@ func (b *backend) header() http.Header {
 	return b.last
 }
 
-func instance(t *testing.T, svc, id string, srv *httptest.Server) translate.Instance {
+func instance(t testing.TB, svc, id string, srv *httptest.Server) translate.Instance {
 	ap := netip.MustParseAddrPort(srv.Listener.Addr().String())
 	return translate.Instance{Service: svc, ID: id, Address: ap.Addr().String(), Port: int(ap.Port()), Version: "v1", Health: translate.HealthPassing}
 }
@@ -81,7 +81,7 @@ var usersYAML = sync.OnceValue(func() string {
 
 // writeUsers writes a users file: alice is a viewer, root an admin (the
 // bcrypt hashes are computed once per test binary).
-func writeUsers(t *testing.T) string {
+func writeUsers(t testing.TB) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "users.yaml")
 	if err := os.WriteFile(p, []byte(usersYAML()), 0o600); err != nil {
@@ -97,7 +97,7 @@ type harness struct {
 	sync   *backend
 }
 
-func testConfig(t *testing.T) *Config {
+func testConfig(t testing.TB) *Config {
 	return &Config{
 		Addr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", LocalAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:1",
 		NodeID: "edge~test", UsersFile: writeUsers(t), KeysDir: filepath.Join(t.TempDir(), "keys"),
@@ -108,7 +108,7 @@ func testConfig(t *testing.T) *Config {
 
 // newHarness builds an edge in-process (handlers only, no ADS) configured
 // with the translator's output for the default route table.
-func newHarness(t *testing.T, cfg *Config) *harness {
+func newHarness(t testing.TB, cfg *Config) *harness {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -152,7 +152,7 @@ func newHarness(t *testing.T, cfg *Config) *harness {
 	return h
 }
 
-func (h *harness) login(t *testing.T, user, pw string) string {
+func (h *harness) login(t testing.TB, user, pw string) string {
 	t.Helper()
 	resp, err := http.Post(h.public.URL+PathToken, "application/json", strings.NewReader(fmt.Sprintf(`{"username":%q,"password":%q}`, user, pw)))
 	if err != nil {

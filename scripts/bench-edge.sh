@@ -6,7 +6,8 @@
 #
 # Needs wrk and nginx (scripts/deps.sh installs both with WITH_BENCH=1) and Go.
 # Knobs (environment): DURATION (10s), WARMUP (3s), ROUNDS (2), THREADS (2),
-# CONNS (64), OUT (results/bench-edge.md), KEEP=1 keeps the temp dir.
+# CONNS (64), OUT (results/bench-edge.md), KEEP=1 keeps the temp dir, PROFILE=file
+# saves a CPU profile of the edge during its first round, EDGE_FLAGS adds edge flags.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -214,7 +215,13 @@ for t in "${TARGETS[@]}"; do run_wrk "$t" "$WARMUP" >/dev/null; done
 ROWS=""
 for r in $(seq 1 "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
+    if [[ -n "${PROFILE:-}" && $t == edge && $r == 1 ]]; then
+      # CPU profile of the edge during this round (admin port pprof).
+      curl -s -o "$PROFILE" "http://127.0.0.1:$ADMIN_PORT/debug/pprof/profile?seconds=${DURATION%s}" &
+      PROF_PID=$!
+    fi
     read -r rps p99 < <(run_wrk "$t" "$DURATION")
+    if [[ -n "${PROF_PID:-}" ]]; then wait "$PROF_PID" || true; PROF_PID=""; fi
     echo "round $r $t: $rps req/s, p99 $p99 ms" >&2
     ROWS+="| $r | $t | $rps | $p99 |"$'\n'
     RPS[$t]="${RPS[$t]:-} $rps"; P99[$t]="${P99[$t]:-} $p99"
