@@ -23,6 +23,9 @@ func TestConsulStore(t *testing.T) {
 	})
 
 	t.Run("survives an agent restart", func(t *testing.T) {
+		// A dev-mode agent keeps KV in memory; a persistent server is what
+		// a deployment runs and what this property is about.
+		agent := consultest.StartWith(t, consultest.Options{Persistent: true})
 		s, err := OpenConsul(agent.Client(), "test/restart")
 		if err != nil {
 			t.Fatal(err)
