@@ -140,6 +140,12 @@ func rateLimitFilter(statPrefix string) *hcm.HttpFilter {
 	return resource.HTTPFilter(resource.FilterLocalRateLimit, &lrlv3.LocalRateLimit{StatPrefix: statPrefix})
 }
 
+// RateLimitMaxKeys is the number of per-key token buckets a route's rate
+// limit keeps (local_ratelimit max_dynamic_descriptors). Envoy's default,
+// 20, would evict the bucket of a busy client as soon as 20 others are
+// active, so the limit would not hold at an edge.
+const RateLimitMaxKeys = 10000
+
 // routeRateLimit is a route's local rate limit: one token bucket per
 // client IP (remote_address descriptor) or per verified subject (the
 // x-petmesh-subject header jwt_authn sets), wildcard descriptor values
@@ -176,6 +182,7 @@ func routeRateLimit(name string, rl *routes.RateLimit) *lrlv3.LocalRateLimit {
 		}},
 		RateLimits:                      []*routev3.RateLimit{{Actions: []*routev3.RateLimit_Action{action}}},
 		AlwaysConsumeDefaultTokenBucket: wrapperspb.Bool(false),
+		MaxDynamicDescriptors:           u32(RateLimitMaxKeys),
 		EnableXRatelimitHeaders:         ratelimitv3.XRateLimitHeadersRFCVersion_DRAFT_VERSION_03,
 		EnableRetryAfterHeader:          true,
 	}
