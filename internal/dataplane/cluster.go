@@ -36,6 +36,7 @@ var (
 type endpointRT struct {
 	addr         string
 	edsHealthy   bool // from health_status in the load assignment
+	degraded     bool // health_status DEGRADED: used only when no healthy endpoint is available
 	healthy      atomic.Bool
 	active       atomic.Int64
 	ejectedUntil atomic.Int64 // unix nanos; 0 when not ejected
@@ -75,11 +76,12 @@ type clusterRT struct {
 	cfg  *cluster.Cluster
 	cla  *endpoint.ClusterLoadAssignment
 
-	eps   []*endpointRT
-	lb    lbKind
-	rr    atomic.Uint64
-	opts  *Options
-	stats *metrics
+	eps         []*endpointRT
+	hasDegraded bool
+	lb          lbKind
+	rr          atomic.Uint64
+	opts        *Options
+	stats       *metrics
 
 	transport    http.RoundTripper
 	base         *http.Transport
@@ -263,6 +265,9 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 			healthy:  1, unhealthy: 2,
 			path: h.GetHttpHealthCheck().GetPath(), host: h.GetHttpHealthCheck().GetHost(),
 		}
+		if hc.host == "" {
+			hc.host = c.GetName()
+		}
 		if v := h.GetHealthyThreshold(); v != nil && v.GetValue() > 0 {
 			hc.healthy = int32(min(v.GetValue(), 1000))
 		}
@@ -310,15 +315,17 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 				return nil, fmt.Errorf("%s.socket_address: address and port_value (1-65535) required", path)
 			}
 			addr := net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(port)))
-			edsOK := true
+			edsOK, degraded := true, false
 			switch le.GetHealthStatus() {
 			case core.HealthStatus_UNKNOWN, core.HealthStatus_HEALTHY:
+			case core.HealthStatus_DEGRADED:
+				degraded = true
 			default:
 				edsOK = false
 			}
 			ep := prevEps[addr]
-			if ep == nil || ep.edsHealthy != edsOK {
-				ep = &endpointRT{addr: addr, edsHealthy: edsOK}
+			if ep == nil || ep.edsHealthy != edsOK || ep.degraded != degraded {
+				ep = &endpointRT{addr: addr, edsHealthy: edsOK, degraded: degraded}
 				if old := prevEps[addr]; old != nil {
 					ep.healthy.Store(old.healthy.Load())
 					ep.ejectedUntil.Store(old.ejectedUntil.Load())
@@ -328,6 +335,7 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 				}
 			}
 			cl.eps = append(cl.eps, ep)
+			cl.hasDegraded = cl.hasDegraded || degraded
 		}
 	}
 
@@ -432,8 +440,18 @@ func (c *clusterRT) available(ep *endpointRT) bool {
 	return true
 }
 
-// pick chooses an endpoint, or nil when none is available.
+// pick chooses an endpoint, or nil when none is available. As in Envoy,
+// DEGRADED endpoints take traffic only when no healthy one is available.
 func (c *clusterRT) pick() *endpointRT {
+	ep := c.pickAmong(false)
+	if ep == nil && c.hasDegraded {
+		ep = c.pickAmong(true)
+	}
+	return ep
+}
+
+// pickAmong picks among the degraded endpoints (degraded) or the others.
+func (c *clusterRT) pickAmong(degraded bool) *endpointRT {
 	n := uint64(len(c.eps))
 	if n == 0 {
 		return nil
@@ -443,7 +461,7 @@ func (c *clusterRT) pick() *endpointRT {
 		// Power of two choices among available endpoints.
 		a := c.eps[c.opts.Rand(n)]
 		b := c.eps[c.opts.Rand(n)]
-		aok, bok := c.available(a), c.available(b)
+		aok, bok := a.degraded == degraded && c.available(a), b.degraded == degraded && c.available(b)
 		switch {
 		case aok && bok:
 			if b.active.Load() < a.active.Load() {
@@ -455,18 +473,18 @@ func (c *clusterRT) pick() *endpointRT {
 		case bok:
 			return b
 		}
-		return c.scan(c.opts.Rand(n))
+		return c.scan(c.opts.Rand(n), degraded)
 	case lbRandom:
-		return c.scan(c.opts.Rand(n))
+		return c.scan(c.opts.Rand(n), degraded)
 	default:
-		return c.scan(c.rr.Add(1))
+		return c.scan(c.rr.Add(1), degraded)
 	}
 }
 
-func (c *clusterRT) scan(start uint64) *endpointRT {
+func (c *clusterRT) scan(start uint64, degraded bool) *endpointRT {
 	n := uint64(len(c.eps))
 	for i := uint64(0); i < n; i++ {
-		if ep := c.eps[(start+i)%n]; c.available(ep) {
+		if ep := c.eps[(start+i)%n]; ep.degraded == degraded && c.available(ep) {
 			return ep
 		}
 	}
@@ -682,9 +700,7 @@ func (c *clusterRT) check(ctx context.Context, ep *endpointRT) {
 	ok := false
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ep.addr+c.hc.path, nil)
 	if err == nil {
-		if c.hc.host != "" {
-			req.Host = c.hc.host
-		}
+		req.Host = c.hc.host // as Envoy: the cluster name unless http_health_check.host is set
 		req.Header.Set("User-Agent", "petmesh-health-check")
 		resp, err := c.opts.HealthCheckClient.Do(req)
 		if err == nil {
