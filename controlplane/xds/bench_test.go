@@ -1,11 +1,19 @@
 package xds_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"runtime"
-	"sort"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,15 +31,39 @@ import (
 	"github.com/petmesh/petmesh/internal/xds/resource"
 )
 
+// Environment of the benchmark's client helper process (the test binary
+// re-executed by BenchmarkConvergence's clients=process variant).
+const (
+	envBenchClients = "PETMESH_XDS_BENCH_CLIENTS" // xDS server address: run as the client helper
+	envBenchN       = "PETMESH_XDS_BENCH_N"       // number of simulated proxies
+	envBenchProfile = "PETMESH_XDS_BENCH_CPUPROFILE"
+)
+
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(envBenchClients); addr != "" {
+		if err := benchClientsMain(addr, os.Getenv(envBenchN), os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench clients:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
 // simProxy is a minimal ADS client: it subscribes like a proxy (LDS and
 // CDS wildcard, then RDS and EDS by the names those reference), ACKs every
-// response at once and records when each type's version changed. It keeps
-// no decoded configuration, so that the heap measured is mostly the
-// control plane's.
+// response at once and records when each type's version changed. It
+// decodes only listeners and clusters (for the RDS and EDS names), and
+// keeps no decoded configuration, so that it costs little CPU and the
+// heap measured is mostly the control plane's.
 type simProxy struct {
 	mu       sync.Mutex
 	versions map[string]string
 	changed  map[string]time.Time // type → when the version last changed
+}
+
+func newSimProxy() *simProxy {
+	return &simProxy{versions: map[string]string{}, changed: map[string]time.Time{}}
 }
 
 func (p *simProxy) run(ctx context.Context, conn *grpc.ClientConn, node *core.Node, ready chan<- struct{}) error {
@@ -48,6 +80,7 @@ func (p *simProxy) run(ctx context.Context, conn *grpc.ClientConn, node *core.No
 	if err := send(resource.ListenerType, "", "", nil); err != nil {
 		return err
 	}
+	node = nil // only the first request carries the node
 	names := map[string][]string{}
 	once := false
 	for {
@@ -55,10 +88,13 @@ func (p *simProxy) run(ctx context.Context, conn *grpc.ClientConn, node *core.No
 		if err != nil {
 			return err
 		}
+		now := time.Now()
 		t := resp.GetTypeUrl()
-		snap := &client.Snapshot{Clusters: map[string]*clusterv3.Cluster{}, Listeners: map[string]*listenerv3.Listener{}}
+		var sub string
+		var want []string
 		switch t {
 		case resource.ClusterType:
+			snap := &client.Snapshot{Clusters: map[string]*clusterv3.Cluster{}}
 			for _, a := range resp.GetResources() {
 				c := &clusterv3.Cluster{}
 				if err := a.UnmarshalTo(c); err != nil {
@@ -66,7 +102,9 @@ func (p *simProxy) run(ctx context.Context, conn *grpc.ClientConn, node *core.No
 				}
 				snap.Clusters[c.GetName()] = c
 			}
+			sub, want = resource.EndpointType, client.EndpointNames(snap)
 		case resource.ListenerType:
+			snap := &client.Snapshot{Listeners: map[string]*listenerv3.Listener{}}
 			for _, a := range resp.GetResources() {
 				l := &listenerv3.Listener{}
 				if err := a.UnmarshalTo(l); err != nil {
@@ -74,8 +112,8 @@ func (p *simProxy) run(ctx context.Context, conn *grpc.ClientConn, node *core.No
 				}
 				snap.Listeners[l.GetName()] = l
 			}
+			sub, want = resource.RouteType, client.RouteNames(snap)
 		}
-		now := time.Now()
 		p.mu.Lock()
 		if p.versions[t] != resp.GetVersionInfo() {
 			p.versions[t] = resp.GetVersionInfo()
@@ -86,15 +124,7 @@ func (p *simProxy) run(ctx context.Context, conn *grpc.ClientConn, node *core.No
 		if err := send(t, resp.GetVersionInfo(), resp.GetNonce(), names[t]); err != nil {
 			return err
 		}
-		var sub string
-		var want []string
-		switch t {
-		case resource.ClusterType:
-			sub, want = resource.EndpointType, client.EndpointNames(snap)
-		case resource.ListenerType:
-			sub, want = resource.RouteType, client.RouteNames(snap)
-		}
-		if sub != "" && fmt.Sprint(want) != fmt.Sprint(names[sub]) {
+		if sub != "" && !slices.Equal(want, names[sub]) {
 			names[sub] = want
 			p.mu.Lock()
 			v := p.versions[sub]
@@ -130,81 +160,208 @@ func benchNode(i int) *core.Node {
 	}.Struct()}
 }
 
+// simFleet runs n simulated proxies against addr, 10 streams per gRPC
+// connection (real proxies each have their own connection; sharing keeps
+// HTTP/2 framing realistic without loading the measurement with a
+// thousand client transports). It returns once every proxy holds all
+// four types; stop cancels and waits for them.
+func simFleet(ctx context.Context, addr string, n int) (proxies []*simProxy, stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var conns []*grpc.ClientConn
+	stop = func() {
+		cancel()
+		wg.Wait()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
+	for i := 0; i < (n+9)/10; i++ {
+		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		conns = append(conns, c)
+	}
+	proxies = make([]*simProxy, n)
+	for i := range proxies {
+		p := newSimProxy()
+		proxies[i] = p
+		ready := make(chan struct{})
+		node, conn := benchNode(i), conns[i%len(conns)]
+		wg.Go(func() { _ = p.run(ctx, conn, node, ready) })
+		select {
+		case <-ready:
+		case <-time.After(60 * time.Second):
+			stop()
+			return nil, nil, fmt.Errorf("proxy %d not configured", i)
+		}
+	}
+	return proxies, stop, nil
+}
+
+// benchClientsMain is the client helper process: n simulated proxies
+// against addr; it prints "ready" once all are configured and runs until
+// its stdin closes.
+func benchClientsMain(addr, count string, in io.Reader, out io.Writer) error {
+	n, err := strconv.Atoi(count)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("%s=%q: want a positive number", envBenchN, count)
+	}
+	_, stop, err := simFleet(context.Background(), addr, n)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if _, err := fmt.Fprintln(out, "ready"); err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, in)
+	return nil
+}
+
+// clientProcess runs the simulated proxies in a child process (this test
+// binary in helper mode) and returns once they are configured.
+func clientProcess(b *testing.B, addr string, n int) *exec.Cmd {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envBenchClients+"="+addr, envBenchN+"="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = stdin.Close() // the helper stops when its stdin closes
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(stdout).ReadString('\n')
+		line <- s
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case s := <-line:
+		if strings.TrimSpace(s) != "ready" {
+			b.Fatalf("client process: %q", s)
+		}
+	case <-time.After(120 * time.Second):
+		b.Fatal("client process not ready")
+	}
+	return cmd
+}
+
+// cpuTime is the CPU time (user + system) used so far by this process.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPUTime is the CPU time used so far by process pid, from
+// /proc/<pid>/stat (Linux; 0 elsewhere), in clock ticks of 10ms.
+func procCPUTime(pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
 // BenchmarkConvergence connects N simulated proxies over loopback gRPC
-// and measures, per change, the time from the change (store Put,
-// registry Register) to every proxy's receipt and ACK of the new version:
-// p50 and p99 over all proxies and changes. It also reports the heap
-// growth per connected proxy (control plane plus the minimal clients,
-// so an upper bound for the control plane). The debounce is the default
-// (100ms quiet period), which is part of the convergence time.
+// and measures, per change (a route's timeout changed with a store Put; an
+// instance registered), from just before the change to:
+//
+//   - sent: the server handing each proxy's response to its stream
+//     (OnStreamResponse; "send-max" is the last proxy served);
+//   - ack: the server receiving each proxy's ACK of the new version, the
+//     convergence of the target;
+//   - recv (in-process clients only): each simulated proxy's receipt.
+//
+// p50 and p99 are over all proxies and changes. The debounce is the
+// default (DefaultQuietPeriod), part of every figure. The clients run in
+// this process (clients=inproc, heap and CPU figures include them) or in
+// a child process (clients=process: the test binary re-executed as a
+// client helper, so that heap and server-cpu are the control plane's
+// own; both processes still share the machine's cores). cpu figures are
+// CPU milliseconds per change.
 //
 //	go test ./controlplane/xds -run '^$' -bench Convergence -benchtime 5x
+//
+// PETMESH_XDS_BENCH_CPUPROFILE=prefix writes a CPU profile of the
+// measured changes (not the set-up) to prefix-<proxies>-<clients>.pprof.
 func BenchmarkConvergence(b *testing.B) {
 	for _, n := range []int{100, 1000} {
-		b.Run(fmt.Sprintf("proxies=%d", n), func(b *testing.B) { benchConvergence(b, n) })
+		for _, mode := range []string{"inproc", "process"} {
+			b.Run(fmt.Sprintf("proxies=%d/clients=%s", n, mode), func(b *testing.B) { benchConvergence(b, n, mode) })
+		}
 	}
 }
 
-func benchConvergence(b *testing.B, n int) {
+type latencies struct{ sent, ack, recv []time.Duration }
+
+func benchConvergence(b *testing.B, n int, mode string) {
 	h := newHarness(b, xds.Options{QuietPeriod: xds.DefaultQuietPeriod, MaxDelay: xds.DefaultMaxDelay})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	// Real proxies each have their own connection; the simulated ones
-	// share one per 10 streams, which keeps HTTP/2 framing realistic
-	// without loading the measurement with a thousand client transports.
-	conns := make([]*grpc.ClientConn, (n+9)/10)
-	for i := range conns {
-		c, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer func() { _ = c.Close() }()
-		conns[i] = c
-	}
+	ctx := context.Background()
 
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	proxies := make([]*simProxy, n)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	for i := range proxies {
-		p := &simProxy{versions: map[string]string{}, changed: map[string]time.Time{}}
-		proxies[i] = p
-		ready := make(chan struct{})
-		node := benchNode(i)
-		conn := conns[i%len(conns)]
-		wg.Go(func() { _ = p.run(ctx, conn, node, ready) })
-		select {
-		case <-ready:
-		case <-time.After(30 * time.Second):
-			b.Fatalf("proxy %d not configured", i)
+	var proxies []*simProxy
+	childPID := 0
+	switch mode {
+	case "inproc":
+		ps, stop, err := simFleet(ctx, h.addr, n)
+		if err != nil {
+			b.Fatal(err)
 		}
+		b.Cleanup(stop)
+		proxies = ps
+	case "process":
+		childPID = clientProcess(b, h.addr, n).Process.Pid
 	}
+	waitSynced(b, h.srv, n)
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	perProxy := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n) / 1024
 
-	wait := func(t string, since time.Time) []time.Duration {
-		out := make([]time.Duration, 0, n)
-		deadline := time.Now().Add(30 * time.Second)
-		for _, p := range proxies {
-			for {
-				d, ok := p.changedSince(t, since)
-				if ok {
-					out = append(out, d)
-					break
-				}
-				if time.Now().After(deadline) {
-					b.Fatalf("a proxy did not converge on %s", t)
-				}
-				time.Sleep(time.Millisecond) // polling the simulated proxies' clocks
-			}
+	if prefix := os.Getenv(envBenchProfile); prefix != "" {
+		f, err := os.Create(fmt.Sprintf("%s-%d-%s.pprof", prefix, n, mode))
+		if err != nil {
+			b.Fatal(err)
 		}
-		return out
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
 	}
-	var routeLat, epLat []time.Duration
+	var route, ep latencies
+	cpu0, child0 := cpuTime(), procCPUTime(childPID)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		cur, err := h.store.Current(ctx)
@@ -213,26 +370,130 @@ func benchConvergence(b *testing.B, n int) {
 		}
 		t := cur.Table.Clone()
 		t.Route("pets").Timeout = routes.Dur(time.Duration(i+1) * time.Second)
+		prev := latestVersions(h.srv, resource.RouteType)
 		start := time.Now()
 		if _, err := h.store.Put(ctx, cur.Number, t, "bench", "timeout"); err != nil {
 			b.Fatal(err)
 		}
-		routeLat = append(routeLat, wait(resource.RouteType, start)...)
+		route.add(b, h.srv, proxies, resource.RouteType, prev, start)
 
+		prev = latestVersions(h.srv, resource.EndpointType)
 		start = time.Now()
 		if err := h.reg.Register(ctx, registry.Registration{Service: "pets", ID: fmt.Sprintf("pets-%d", i), Address: "127.0.0.1", Port: 20000 + i, Version: "v1", TTL: time.Hour}); err != nil {
 			b.Fatal(err)
 		}
-		epLat = append(epLat, wait(resource.EndpointType, start)...)
+		ep.add(b, h.srv, proxies, resource.EndpointType, prev, start)
 	}
 	b.StopTimer()
-	pct := func(d []time.Duration, q float64) float64 {
-		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-		return float64(d[int(q*float64(len(d)-1))].Microseconds()) / 1000
+	changes := float64(2 * b.N)
+	b.ReportMetric(ms(pct(route.ack, 0.5)), "route-ack-p50-ms")
+	b.ReportMetric(ms(pct(route.ack, 0.99)), "route-ack-p99-ms")
+	b.ReportMetric(ms(pct(ep.ack, 0.5)), "endpoint-ack-p50-ms")
+	b.ReportMetric(ms(pct(ep.ack, 0.99)), "endpoint-ack-p99-ms")
+	b.ReportMetric(ms(pct(route.sent, 0.99)), "route-sent-p99-ms")
+	b.ReportMetric(ms(pct(route.sent, 1)), "route-sent-max-ms")
+	b.ReportMetric(ms(pct(ep.sent, 0.99)), "endpoint-sent-p99-ms")
+	b.ReportMetric(ms(pct(ep.sent, 1)), "endpoint-sent-max-ms")
+	if len(route.recv) > 0 {
+		b.ReportMetric(ms(pct(route.recv, 0.99)), "route-recv-p99-ms")
+		b.ReportMetric(ms(pct(ep.recv, 0.99)), "endpoint-recv-p99-ms")
 	}
-	b.ReportMetric(pct(routeLat, 0.5), "route-p50-ms")
-	b.ReportMetric(pct(routeLat, 0.99), "route-p99-ms")
-	b.ReportMetric(pct(epLat, 0.5), "endpoint-p50-ms")
-	b.ReportMetric(pct(epLat, 0.99), "endpoint-p99-ms")
+	b.ReportMetric(ms(cpuTime()-cpu0)/changes, "cpu-ms/change")
+	if childPID != 0 {
+		b.ReportMetric(ms(procCPUTime(childPID)-child0)/changes, "client-cpu-ms/change")
+	}
 	b.ReportMetric(perProxy, "heap-KB/proxy")
+	var la [3]float64
+	if raw, err := os.ReadFile("/proc/loadavg"); err == nil {
+		_, _ = fmt.Sscan(string(raw), &la[0], &la[1], &la[2])
+		b.ReportMetric(la[0], "loadavg-1m")
+	}
 }
+
+// waitSynced waits until n proxies are connected and have ACKed all four
+// types.
+func waitSynced(b *testing.B, srv *xds.Server, n int) {
+	b.Helper()
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		synced := 0
+		for _, p := range srv.Status() {
+			if p.Connected && p.Synced && len(p.Types) == 4 {
+				synced++
+			}
+		}
+		if synced >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d proxies synced", synced, n)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the server's status
+	}
+}
+
+// latestVersions is every proxy's latest version of type t.
+func latestVersions(srv *xds.Server, t string) map[string]string {
+	out := map[string]string{}
+	for _, p := range srv.Status() {
+		for _, ts := range p.Types {
+			if ts.TypeURL == t {
+				out[p.ID] = ts.Latest
+			}
+		}
+	}
+	return out
+}
+
+// add waits until every proxy has ACKed a version of type t other than
+// its prev one and records the send and ACK times (from the server's
+// status) and the receipt times (in-process clients).
+func (l *latencies) add(b *testing.B, srv *xds.Server, proxies []*simProxy, t string, prev map[string]string, start time.Time) {
+	b.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var sent, ack []time.Duration
+	for {
+		sent, ack = sent[:0], ack[:0]
+		pending := 0
+		for _, p := range srv.Status() {
+			for _, ts := range p.Types {
+				if ts.TypeURL != t {
+					continue
+				}
+				if ts.Latest == prev[p.ID] || ts.Acked != ts.Latest || ts.Sent != ts.Latest || ts.SentAt == nil || ts.AckedAt == nil {
+					pending++
+					continue
+				}
+				sent = append(sent, ts.SentAt.Sub(start))
+				ack = append(ack, ts.AckedAt.Sub(start))
+			}
+		}
+		if pending == 0 && len(ack) == len(prev) {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%s: %d of %d proxies have not converged", xds.ShortType(t), pending, len(prev))
+		}
+		time.Sleep(50 * time.Millisecond) // polling the server's status (costly at 1,000 proxies); the times are its own
+	}
+	l.sent = append(l.sent, sent...)
+	l.ack = append(l.ack, ack...)
+	for _, p := range proxies {
+		d, ok := p.changedSince(t, start)
+		if !ok {
+			b.Fatalf("%s: a simulated proxy has not received the change", t)
+		}
+		l.recv = append(l.recv, d)
+	}
+}
+
+func pct(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[int(q*float64(len(s)-1))]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

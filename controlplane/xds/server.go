@@ -30,7 +30,7 @@ import (
 	"time"
 
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	sotw "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -101,7 +101,7 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	now     func() time.Time
-	cache   cache.SnapshotCache
+	cache   *sharedCache
 	metrics *metrics
 
 	mu      sync.Mutex
@@ -149,11 +149,11 @@ func New(opts Options) (*Server, error) {
 		nodes:   map[string]*node{},
 		streams: map[int64]string{},
 	}
-	// ads=false: in ADS mode the cache answers a request by name only when
-	// the names cover every resource of the type in the snapshot, which a
-	// proxyless gRPC client that dials one service (LDS "pets" only) never
-	// does. Ordering across types is still the ADS stream's.
-	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{opts.Logger})
+	// Like SnapshotCache in non-ADS mode, the cache answers a request by
+	// name with the named resources it has (in ADS mode SnapshotCache
+	// answers only when the names cover every resource of the type, which
+	// a proxyless gRPC client that dials one service never does).
+	s.cache = newSharedCache(opts.Logger)
 	m, err := newMetrics(opts.Registerer, s)
 	if err != nil {
 		return nil, err
@@ -230,7 +230,9 @@ func GRPCServerOptions() []grpc.ServerOption {
 // stop.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, opts ...grpc.ServerOption) error {
 	gs := grpc.NewServer(append(GRPCServerOptions(), opts...)...)
-	xs := serverv3.NewServer(ctx, s.cache, s)
+	// Ordered ADS: one response channel per stream, answered by the cache
+	// in ADS type order (no reflect.Select over per-type channels).
+	xs := serverv3.NewServer(ctx, s.cache, s, sotw.WithOrderedADS(), sotw.WithLogger(cacheLogger{s.log}))
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xs)
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(ln) }()
@@ -414,11 +416,10 @@ func (s *Server) publishLocked(n *node, changeAt time.Time) {
 	if s.in == nil {
 		return
 	}
-	key := classKey(n.tn)
-	b, ok := s.classes[key]
+	b, ok := s.classes[n.class]
 	if !ok {
 		b = build(s.in, n.tn)
-		s.classes[key] = b
+		s.classes[n.class] = b
 		if b.err != nil {
 			reason := "translate"
 			if errors.Is(b.err, ErrInconsistent) {
@@ -442,10 +443,7 @@ func (s *Server) publishLocked(n *node, changeAt time.Time) {
 		n.published = b
 		return
 	}
-	if err := s.cache.SetSnapshot(context.Background(), n.id, b.snap); err != nil {
-		s.log.Error("xds: set snapshot", "node", n.id, "error", err)
-		return
-	}
+	s.cache.SetSnapshot(n.id, b)
 	s.metrics.published.Inc()
 	now := s.now()
 	for t, v := range b.versions {
@@ -480,12 +478,18 @@ func (s *Server) forgetDisconnected() {
 }
 
 // cacheLogger adapts slog to go-control-plane's logger. Debug, info and
-// warnings are demoted to debug: the cache is chatty, and its warnings
-// are expected ADS ordering (an EDS request waiting for the names of new
-// clusters).
+// warnings are demoted to debug: the stream server is chatty, and its
+// "stale nonce" notices are expected. Nothing is formatted unless the
+// level is enabled.
 type cacheLogger struct{ l *slog.Logger }
 
-func (c cacheLogger) Debugf(format string, args ...any) { c.l.Debug(fmt.Sprintf(format, args...)) }
-func (c cacheLogger) Infof(format string, args ...any)  { c.l.Debug(fmt.Sprintf(format, args...)) }
-func (c cacheLogger) Warnf(format string, args ...any)  { c.l.Debug(fmt.Sprintf(format, args...)) }
-func (c cacheLogger) Errorf(format string, args ...any) { c.l.Error(fmt.Sprintf(format, args...)) }
+func (c cacheLogger) logf(level slog.Level, format string, args ...any) {
+	if c.l.Enabled(context.Background(), level) {
+		c.l.Log(context.Background(), level, fmt.Sprintf(format, args...))
+	}
+}
+
+func (c cacheLogger) Debugf(format string, args ...any) { c.logf(slog.LevelDebug, format, args...) }
+func (c cacheLogger) Infof(format string, args ...any)  { c.logf(slog.LevelDebug, format, args...) }
+func (c cacheLogger) Warnf(format string, args ...any)  { c.logf(slog.LevelDebug, format, args...) }
+func (c cacheLogger) Errorf(format string, args ...any) { c.logf(slog.LevelError, format, args...) }

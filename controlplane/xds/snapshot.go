@@ -9,6 +9,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/petmesh/petmesh/controlplane/translate"
 	"github.com/petmesh/petmesh/internal/xds/resource"
@@ -35,18 +36,19 @@ func ShortType(t string) string {
 
 // built is the outcome of translating one node class (every node with the
 // same kind, service and metadata gets the same resources). It is
-// immutable once made and shared by every node of the class: the snapshot
-// cache only reads snapshots.
+// immutable once made and shared by every node of the class, and so are
+// its encoded resources: each resource is serialised once per class and
+// the same bytes are sent on every stream.
 type built struct {
-	snap      *cache.Snapshot
+	encoded   map[string]*encodedType // per type URL
 	resources *translate.Resources
 	versions  map[string]string // per type URL
 	err       error
 }
 
-// build translates one node class and checks the result. A translation
-// error or an inconsistent result is returned in built.err and must not be
-// published.
+// build translates one node class, checks the result and encodes it. A
+// translation error or an inconsistent result is returned in built.err
+// and must not be published.
 func build(in *inputs, node translate.Node) *built {
 	res, err := translate.Translate(in.table, in.instances, node, in.opts)
 	if err != nil {
@@ -56,39 +58,46 @@ func build(in *inputs, node translate.Node) *built {
 		return &built{err: fmt.Errorf("%w: %w", ErrInconsistent, err)}
 	}
 	byType := res.ByType()
-	snap := &cache.Snapshot{}
-	versions := make(map[string]string, len(byType))
+	b := &built{resources: res, encoded: make(map[string]*encodedType, len(Types)), versions: make(map[string]string, len(Types))}
 	for _, t := range Types {
-		items := byType[t]
-		v, err := hashResources(items)
+		et, err := encode(t, byType[t])
 		if err != nil {
-			return &built{err: fmt.Errorf("hash %s: %w", ShortType(t), err)}
+			return &built{err: fmt.Errorf("encode %s: %w", ShortType(t), err)}
 		}
-		versions[t] = v
-		snap.Resources[cache.GetResponseType(t)] = cache.NewResources(v, items)
+		b.encoded[t] = et
+		b.versions[t] = et.version
 	}
-	return &built{snap: snap, resources: res, versions: versions}
+	return b
 }
 
-// hashResources is the version of one type's resources: a hash of their
-// deterministic encoding (the translator sorts them by name). Equal
-// content gives an equal version, so a type whose resources did not change
-// is not resent to the node.
-func hashResources(items []types.Resource) (string, error) {
+// encode serialises one type's resources (deterministically; the
+// translator sorts them by name) and versions them with a hash of that
+// encoding: equal content gives an equal version, so a type whose
+// resources did not change is not resent to the node.
+func encode(typeURL string, items []types.Resource) (*encodedType, error) {
+	et := &encodedType{
+		names: make([]string, len(items)),
+		anys:  make([]*anypb.Any, len(items)),
+		index: make(map[string]int, len(items)),
+	}
 	h := sha256.New()
 	opts := proto.MarshalOptions{Deterministic: true}
-	var buf []byte
-	for _, it := range items {
-		var err error
-		buf, err = opts.MarshalAppend(buf[:0], it)
+	for i, it := range items {
+		buf, err := opts.Marshal(it)
 		if err != nil {
-			return "", err
+			return nil, err
 		}
+		name := cache.GetResourceName(it)
+		if _, dup := et.index[name]; dup {
+			return nil, fmt.Errorf("duplicate resource name %q", name)
+		}
+		et.names[i], et.anys[i], et.index[name] = name, &anypb.Any{TypeUrl: typeURL, Value: buf}, i
 		h.Write([]byte(strconv.Itoa(len(buf))))
 		h.Write([]byte{0})
 		h.Write(buf)
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
+	et.version = hex.EncodeToString(h.Sum(nil))[:16]
+	return et, nil
 }
 
 // classKey identifies nodes that receive identical resources: the

@@ -20,6 +20,7 @@ import (
 type node struct {
 	id             string
 	tn             translate.Node
+	class          string // classKey(tn)
 	streams        int
 	connectedSince time.Time
 	disconnectedAt time.Time
@@ -283,10 +284,10 @@ func (s *Server) attachLocked(id int64, pn *core.Node, now time.Time) (*node, er
 	}
 	n, ok := s.nodes[pn.GetId()]
 	if !ok {
-		n = &node{id: pn.GetId(), tn: tn}
+		n = &node{id: pn.GetId(), tn: tn, class: classKey(tn)}
 		s.nodes[n.id] = n
-	} else if classKey(n.tn) != classKey(tn) {
-		n.tn = tn // metadata changed (a restarted proxy): rebuild
+	} else if key := classKey(tn); n.class != key {
+		n.tn, n.class = tn, key // metadata changed (a restarted proxy): rebuild
 		n.published = nil
 	}
 	s.streams[id] = n.id
