@@ -20,7 +20,6 @@ import (
 type Config struct {
 	Addr                string
 	AdminAddr           string
-	LocalAddr           string
 	TLSCert, TLSKey     string
 	XDSAddr             string
 	NodeID              string
@@ -60,7 +59,6 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f := config.New("edge", getenv, out)
 	f.String(&c.Addr, "addr", "EDGE_ADDR", ":8080", "public listener (HTTP, or HTTPS with -tls-cert/-tls-key)")
 	f.String(&c.AdminAddr, "admin-addr", "EDGE_ADMIN_ADDR", "127.0.0.1:8081", "admin listener: /metrics /healthz /readyz /config_dump /debug/pprof/")
-	f.String(&c.LocalAddr, "local-addr", "EDGE_LOCAL_ADDR", "127.0.0.1:0", "loopback listener of the edge-local handlers (/auth/token, /.well-known/jwks.json); the edge_local cluster is pointed at it")
 	f.String(&c.TLSCert, "tls-cert", "EDGE_TLS_CERT", "", "PEM certificate file; with -tls-key the public listener serves HTTPS and HTTP/2")
 	f.String(&c.TLSKey, "tls-key", "EDGE_TLS_KEY", "", "PEM private key file of -tls-cert")
 	f.String(&c.XDSAddr, "xds-addr", "EDGE_XDS_ADDR", "127.0.0.1:18000", "control plane ADS address (host:port); empty: only -bootstrap")
@@ -97,9 +95,6 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminAddr == "" {
 		errs = append(errs, errors.New("-admin-addr: required"))
-	}
-	if c.LocalAddr == "" {
-		errs = append(errs, errors.New("-local-addr: required"))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("-tls-cert and -tls-key: set both or neither"))

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -66,19 +65,16 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 // server holds the edge's parts; built by build, run by serve.
 type server struct {
-	cfg    *Config
-	log    *slog.Logger
-	keys   *jwtauth.KeyStore
-	issuer *jwtauth.Issuer
-	auth   *meshauth.Factory
-	dp     *dataplane.DataPlane
-	sink   *statsink.Sink
-	local  http.Handler // edge-local handlers (token, JWKS)
-	front  *front
-	svcTok *serviceToken
-	// localAddr is the bound address of the edge-local listener; the
-	// edge_local cluster is pointed at it.
-	localAddr netip.AddrPort
+	cfg       *Config
+	log       *slog.Logger
+	keys      *jwtauth.KeyStore
+	issuer    *jwtauth.Issuer
+	auth      *meshauth.Factory
+	dp        *dataplane.DataPlane
+	sink      *statsink.Sink
+	local     http.Handler // edge-local handlers (token, JWKS): the edge_local cluster
+	front     *front
+	svcTok    *serviceToken
 	accessLog bool
 	// accessLogger writes the access log (batched); log when nil.
 	accessLogger *slog.Logger
@@ -124,8 +120,11 @@ func build(cfg *Config, tel *telemetry.Telemetry) (*server, error) {
 	}
 	s.dp, err = dataplane.New(dataplane.Options{
 		Logger: tel.Logger, Registerer: reg,
-		Auth:           s.auth.Auth,
-		AccessLog:      s.access,
+		Auth:      s.auth.Auth,
+		AccessLog: s.access,
+		// Routes to edge_local (/auth/, /.well-known/) are served in
+		// process by the token and JWKS handlers, after the route's filters.
+		LocalClusters:  map[string]http.Handler{resource.ClusterEdgeLocal: s.local},
 		TracerProvider: tel.TracerProvider, Propagator: tel.Propagator,
 	})
 	if err != nil {
@@ -199,18 +198,6 @@ func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry, stderr io
 		return fmt.Errorf("-addr: %w", err)
 	}
 	servers = append(servers, public)
-	localCfg := httpx.DefaultServerConfig(cfg.LocalAddr)
-	localCfg.ShutdownTimeout = cfg.ShutdownTimeout
-	localSrv, err := httpx.Listen(localCfg, s.local, log)
-	if err != nil {
-		closeAll()
-		return fmt.Errorf("-local-addr: %w", err)
-	}
-	servers = append(servers, localSrv)
-	if s.localAddr, err = netip.ParseAddrPort(localSrv.Addr().String()); err != nil {
-		closeAll()
-		return fmt.Errorf("-local-addr: %w", err)
-	}
 
 	var ready httpx.Readiness
 	draining := make(chan struct{})
@@ -287,11 +274,9 @@ func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry, stderr io
 	} else {
 		g.Go(run(public))
 	}
-	g.Go(run(localSrv))
 	g.Go(run(adminSrv))
 	public.Announce("http")
 	adminSrv.Announce("admin")
-	localSrv.Announce("local")
 	ready.SetReady(true)
 	log.Info("edge started", "node_id", cfg.NodeID, "xds", cfg.XDSAddr, "issuer", cfg.Issuer, "tls", cfg.TLSCert != "", "stats", cfg.StatsURL != "")
 
@@ -311,17 +296,11 @@ func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry, stderr io
 	return err
 }
 
-// apply is the xDS client's Apply step: translator encodings are adapted,
-// the edge_local cluster is pointed at this process's edge-local listener,
-// and the result is built and swapped in (or rejected: NACK).
+// apply is the xDS client's Apply step: the resources are built and
+// swapped in, or rejected (NACK).
 func (s *server) apply(ctx context.Context, snap *client.Snapshot) error {
 	res := dataplane.Resources(*snap)
-	adapted, err := meshauth.Adapt(&res)
-	if err != nil {
-		return err
-	}
-	pointEdgeLocal(adapted, s.localAddr)
-	return s.dp.Apply(ctx, adapted)
+	return s.dp.Apply(ctx, &res)
 }
 
 // access is the data plane's access-log hook: one JSON line and one stats

@@ -145,7 +145,7 @@ func TestIntegration(t *testing.T) {
 		Args: []string{"-addr", fmt.Sprintf("127.0.0.1:%d", port), "-admin-addr", "127.0.0.1:0", "-xds-addr", cp.Addr("xds"),
 			"-node-id", "edge~it", "-users-file", writeUsers(t), "-keys-dir", filepath.Join(dir, "keys"), "-issuer", issuer,
 			"-stats-url", stats.URL("http")},
-		Listeners: []string{"http", "admin", "local"},
+		Listeners: []string{"http", "admin"},
 	})
 	admin := edge.URL("admin")
 	tu.Eventually(t, 20*time.Second, func() error {

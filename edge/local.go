@@ -7,22 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	"google.golang.org/protobuf/proto"
-
-	"github.com/petmesh/petmesh/internal/dataplane"
 	"github.com/petmesh/petmesh/internal/httpx"
 	"github.com/petmesh/petmesh/internal/jwtauth"
-	"github.com/petmesh/petmesh/internal/xds/resource"
 )
 
 // Edge-local paths, served by the edge itself behind the edge_local cluster.
@@ -32,9 +23,10 @@ const (
 )
 
 // newLocalHandler serves the edge-local endpoints: POST /auth/token and
-// GET /.well-known/jwks.json. The data plane reaches it through the
-// edge_local cluster (a loopback listener), so the route table's policies
-// (rate limits, auth optional) apply before it.
+// GET /.well-known/jwks.json. The data plane calls it in process for routes
+// to the edge_local cluster (dataplane.Options.LocalClusters), after the
+// route's filters (optional token, rate limit); it sees the client's
+// address (as resolved by the front handler) as RemoteAddr.
 func newLocalHandler(cfg *Config, issuer *jwtauth.Issuer, log *slog.Logger) (http.Handler, error) {
 	mux := http.NewServeMux()
 	var users, accounts *jwtauth.Credentials
@@ -52,7 +44,7 @@ func newLocalHandler(cfg *Config, issuer *jwtauth.Issuer, log *slog.Logger) (htt
 	if users != nil || accounts != nil {
 		th, err := jwtauth.NewTokenHandler(jwtauth.TokenHandlerConfig{
 			Issuer: issuer, Users: users, ServiceAccounts: accounts,
-			ClientIP: forwardedClientIP, Logger: log,
+			Logger: log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("token endpoint: %w", err)
@@ -68,67 +60,6 @@ func newLocalHandler(cfg *Config, issuer *jwtauth.Issuer, log *slog.Logger) (htt
 		return httpx.NotFound("no edge-local handler for %s", r.URL.Path)
 	}))
 	return httpx.Chain(mux, httpx.Recover(log)), nil
-}
-
-// forwardedClientIP is the client address of a request on the edge-local
-// listener. That listener is only reached through the edge's own data plane
-// over loopback, which sets X-Forwarded-For to the client address it
-// resolved (the front handler already applied -trusted-proxies); any other
-// peer is taken at its word of RemoteAddr.
-func forwardedClientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() {
-		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
-			parts := strings.Split(xff[len(xff)-1], ",")
-			if ip := strings.TrimSpace(parts[len(parts)-1]); ip != "" {
-				return ip
-			}
-		}
-	}
-	return host
-}
-
-// pointEdgeLocal replaces the endpoints of the edge_local cluster (the
-// control plane's -edge-local-addr, by default the edge's public port,
-// which would loop) with the edge-local listener of this process.
-func pointEdgeLocal(res *dataplane.Resources, addr netip.AddrPort) {
-	c, ok := res.Clusters[resource.ClusterEdgeLocal]
-	if !ok {
-		return
-	}
-	nc := proto.Clone(c).(*clusterv3.Cluster)
-	nc.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
-	nc.EdsClusterConfig = nil
-	nc.HealthChecks = nil
-	nc.LoadAssignment = &endpointv3.ClusterLoadAssignment{
-		ClusterName: resource.ClusterEdgeLocal,
-		Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
-			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-					Address:       addr.Addr().String(),
-					PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(addr.Port())},
-				}}},
-			}},
-		}}}},
-	}
-	clusters := make(map[string]*clusterv3.Cluster, len(res.Clusters))
-	for k, v := range res.Clusters {
-		clusters[k] = v
-	}
-	clusters[resource.ClusterEdgeLocal] = nc
-	res.Clusters = clusters
-	if _, ok := res.Endpoints[resource.ClusterEdgeLocal]; ok {
-		eps := make(map[string]*endpointv3.ClusterLoadAssignment, len(res.Endpoints))
-		for k, v := range res.Endpoints {
-			if k != resource.ClusterEdgeLocal {
-				eps[k] = v
-			}
-		}
-		res.Endpoints = eps
-	}
 }
 
 // serviceToken is the edge's own token (subject "edge"), minted in-process

@@ -22,8 +22,13 @@ import (
 )
 
 // Adapt rewrites the few encodings in which the control plane's translator
-// (controlplane/translate) and the data plane (internal/dataplane) express
-// the same thing differently, so that translator output applies:
+// (controlplane/translate) and the data plane (internal/dataplane) used to
+// express the same thing differently.
+//
+// Deprecated: the data plane now accepts translator output as is (RBAC
+// roles, local_ratelimit descriptors, petmesh metadata) and honours more of
+// it than this rewrite keeps (X-RateLimit headers, descriptor limits); pass
+// resources to DataPlane.Apply unchanged. Adapt will be removed. What it did:
 //
 //   - required roles: the translator emits an `envoy.filters.http.rbac`
 //     RBACPerRoute (sourced_metadata on jwt_payload.roles, one principal per
