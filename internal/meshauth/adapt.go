@@ -25,10 +25,11 @@ import (
 // (controlplane/translate) and the data plane (internal/dataplane) used to
 // express the same thing differently.
 //
-// Deprecated: the data plane now accepts translator output as is (RBAC
+// No longer needed: the data plane now accepts translator output as is (RBAC
 // roles, local_ratelimit descriptors, petmesh metadata) and honours more of
 // it than this rewrite keeps (X-RateLimit headers, descriptor limits); pass
-// resources to DataPlane.Apply unchanged. Adapt will be removed. What it did:
+// resources to DataPlane.Apply unchanged. Adapt is kept (still correct)
+// until its callers have moved off it, then removed. What it does:
 //
 //   - required roles: the translator emits an `envoy.filters.http.rbac`
 //     RBACPerRoute (sourced_metadata on jwt_payload.roles, one principal per
