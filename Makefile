@@ -97,6 +97,12 @@ bench: ## Go benchmarks of the hot paths (see BENCHMARKS.md for conditions).
 	  PETMESH_TEST_POSTGRES_DSN=$$(cat $(PG_DIR).dsn) \
 	  $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
 
+.PHONY: bench-edge
+bench-edge: ## wrk through the edge (ES256 JWT), directly and via nginx, in one run; writes results/bench-edge.md.
+	@WITH_BENCH=1 scripts/deps.sh
+	@$(MAKE) --no-print-directory build
+	scripts/bench-edge.sh
+
 .PHONY: clean
 clean: ## Remove build outputs and the run directory.
 	rm -rf $(BIN) $(RUN_DIR)
