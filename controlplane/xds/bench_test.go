@@ -325,18 +325,18 @@ func BenchmarkConvergence(b *testing.B) {
 
 type latencies struct{ sent, ack, recv []time.Duration }
 
-func benchConvergence(b *testing.B, n int, mode string) {
-	h := newHarness(b, xds.Options{QuietPeriod: xds.DefaultQuietPeriod, MaxDelay: xds.DefaultMaxDelay})
-	ctx := context.Background()
-
+// benchFleet starts a server with opts and n simulated proxies (mode
+// inproc or process), waits until all are synced and returns the heap
+// growth per proxy in KB.
+func benchFleet(b *testing.B, n int, mode string, opts xds.Options) (h *harness, proxies []*simProxy, childPID int, perProxy float64) {
+	b.Helper()
+	h = newHarness(b, opts)
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	var proxies []*simProxy
-	childPID := 0
 	switch mode {
 	case "inproc":
-		ps, stop, err := simFleet(ctx, h.addr, n)
+		ps, stop, err := simFleet(context.Background(), h.addr, n)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -344,11 +344,18 @@ func benchConvergence(b *testing.B, n int, mode string) {
 		proxies = ps
 	case "process":
 		childPID = clientProcess(b, h.addr, n).Process.Pid
+	default:
+		b.Fatalf("mode %q", mode)
 	}
 	waitSynced(b, h.srv, n)
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	perProxy := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n) / 1024
+	return h, proxies, childPID, float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n) / 1024
+}
+
+func benchConvergence(b *testing.B, n int, mode string) {
+	h, proxies, childPID, perProxy := benchFleet(b, n, mode, xds.Options{QuietPeriod: xds.DefaultQuietPeriod, MaxDelay: xds.DefaultMaxDelay})
+	ctx := context.Background()
 
 	if prefix := os.Getenv(envBenchProfile); prefix != "" {
 		f, err := os.Create(fmt.Sprintf("%s-%d-%s.pprof", prefix, n, mode))
@@ -403,11 +410,109 @@ func benchConvergence(b *testing.B, n int, mode string) {
 		b.ReportMetric(ms(procCPUTime(childPID)-child0)/changes, "client-cpu-ms/change")
 	}
 	b.ReportMetric(perProxy, "heap-KB/proxy")
-	var la [3]float64
+	reportLoad(b)
+}
+
+// reportLoad reports the machine's 1-minute load average (Linux): the
+// benchmark shares the machine's cores with whatever else runs.
+func reportLoad(b *testing.B) {
+	var la float64
 	if raw, err := os.ReadFile("/proc/loadavg"); err == nil {
-		_, _ = fmt.Sscan(string(raw), &la[0], &la[1], &la[2])
-		b.ReportMetric(la[0], "loadavg-1m")
+		if _, err := fmt.Sscan(string(raw), &la); err == nil {
+			b.ReportMetric(la, "loadavg-1m")
+		}
 	}
+}
+
+// BenchmarkEndpointFlap flaps one instance (register, deregister) every
+// 50ms for 3s with 1,000 connected proxies (clients in a separate
+// process) under three debounce settings: the default (20ms quiet, 100ms
+// while busy), a plain 20ms quiet period and a plain 100ms one (the
+// previous default). It reports rebuilds and snapshots published per
+// proxy (a flap and its undoing may cancel out between two rebuilds), and
+// the CPU used by the control plane and by the clients.
+//
+//	go test ./controlplane/xds -run '^$' -bench EndpointFlap -benchtime 1x
+func BenchmarkEndpointFlap(b *testing.B) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		name        string
+		quiet, busy time.Duration
+	}{
+		{"default", xds.DefaultQuietPeriod, xds.DefaultBusyQuietPeriod},
+		{"plain-20ms", 20 * ms, 20 * ms},
+		{"plain-100ms", 100 * ms, 100 * ms},
+	} {
+		b.Run("debounce="+c.name, func(b *testing.B) {
+			opts := xds.Options{QuietPeriod: c.quiet, BusyQuietPeriod: c.busy, MaxDelay: xds.DefaultMaxDelay}
+			benchFlap(b, 1000, 50*ms, 3*time.Second, opts)
+		})
+	}
+}
+
+func benchFlap(b *testing.B, n int, gap, span time.Duration, opts xds.Options) {
+	h, _, childPID, _ := benchFleet(b, n, "process", opts)
+	ctx := context.Background()
+	var rebuilds, published int64
+	var cpu, child time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r0, p0 := counter(b, h, "petmesh_controlplane_rebuilds_total"), counter(b, h, "petmesh_controlplane_snapshots_published_total")
+		c0, k0 := cpuTime(), procCPUTime(childPID)
+		id := fmt.Sprintf("flap-%d", i)
+		up := false
+		tick := time.NewTicker(gap)
+		end := time.Now().Add(span)
+		for time.Now().Before(end) {
+			var err error
+			if up {
+				err = h.reg.Deregister(ctx, id)
+			} else {
+				err = h.reg.Register(ctx, registry.Registration{Service: "pets", ID: id, Address: "127.0.0.1", Port: 30000 + i, Version: "v1", TTL: time.Hour})
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			up = !up
+			<-tick.C
+		}
+		tick.Stop()
+		if up { // end registered: the final state differs from the first
+			if err := h.reg.Deregister(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+		}
+		// Let the last pending rebuild run and every proxy ACK it.
+		time.Sleep(xds.DefaultMaxDelay + 100*time.Millisecond) // the debounce's longest wait
+		waitSynced(b, h.srv, n)
+		rebuilds += counter(b, h, "petmesh_controlplane_rebuilds_total") - r0
+		published += counter(b, h, "petmesh_controlplane_snapshots_published_total") - p0
+		cpu += cpuTime() - c0
+		child += procCPUTime(childPID) - k0
+	}
+	b.StopTimer()
+	runs := float64(b.N)
+	b.ReportMetric(float64(rebuilds)/runs, "rebuilds/run")
+	b.ReportMetric(float64(published)/runs/float64(n), "pushes/proxy/run")
+	b.ReportMetric(ms(cpu)/runs, "server-cpu-ms/run")
+	b.ReportMetric(ms(child)/runs, "client-cpu-ms/run")
+	reportLoad(b)
+}
+
+// counter reads an unlabelled counter of the server's registry.
+func counter(b *testing.B, h *harness, name string) int64 {
+	b.Helper()
+	mfs, err := h.prom.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return int64(mf.GetMetric()[0].GetCounter().GetValue())
+		}
+	}
+	b.Fatalf("no counter %s", name)
+	return 0
 }
 
 // waitSynced waits until n proxies are connected and have ACKed all four

@@ -4,8 +4,9 @@
 // registry and the node's metadata.
 //
 // Changes (a new route table version, a registry snapshot) are debounced:
-// a rebuild runs once no change has arrived for QuietPeriod, or MaxDelay
-// after the first pending change, whichever is first. Every type carries
+// a rebuild runs once no change has arrived for QuietPeriod (BusyQuietPeriod
+// while changes arrive closer together than that), or MaxDelay after the
+// first pending change, whichever is first. Every type carries
 // its own version (a hash of its content), so a node is sent only the
 // types whose content changed for it: an endpoint change resends EDS,
 // never listeners, routes or clusters, and a node that does not use the
@@ -48,10 +49,11 @@ var ErrInconsistent = errors.New("inconsistent snapshot")
 
 // Defaults of Options.
 const (
-	DefaultQuietPeriod = 100 * time.Millisecond
-	DefaultMaxDelay    = time.Second
-	DefaultNodeGrace   = 2 * time.Minute
-	DefaultStaleAfter  = 60 * time.Second
+	DefaultQuietPeriod     = 20 * time.Millisecond
+	DefaultBusyQuietPeriod = 100 * time.Millisecond
+	DefaultMaxDelay        = time.Second
+	DefaultNodeGrace       = 2 * time.Minute
+	DefaultStaleAfter      = 60 * time.Second
 )
 
 // TableSource is what the server reads route tables from; store.Store
@@ -71,8 +73,12 @@ type Options struct {
 	Registry registry.Watcher
 	// Translate holds the JWT providers and the edge-local address.
 	Translate translate.Options
-	// QuietPeriod and MaxDelay debounce changes (defaults 100ms and 1s).
-	QuietPeriod, MaxDelay time.Duration
+	// QuietPeriod, BusyQuietPeriod and MaxDelay debounce changes: a
+	// rebuild runs once no change has arrived for QuietPeriod (default
+	// 20ms), or for BusyQuietPeriod (default 100ms, at least QuietPeriod)
+	// when the pending changes arrived closer together than that, and at
+	// the latest MaxDelay (default 1s) after the first pending change.
+	QuietPeriod, BusyQuietPeriod, MaxDelay time.Duration
 	// NodeGrace is how long a node's snapshot is kept after its last
 	// stream closed, so that a reconnecting proxy resyncs at once
 	// (default 2m).
@@ -129,6 +135,10 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxDelay < opts.QuietPeriod {
 		return nil, fmt.Errorf("xds: MaxDelay %v is shorter than QuietPeriod %v", opts.MaxDelay, opts.QuietPeriod)
 	}
+	if opts.BusyQuietPeriod <= 0 {
+		opts.BusyQuietPeriod = DefaultBusyQuietPeriod
+	}
+	opts.BusyQuietPeriod = min(max(opts.BusyQuietPeriod, opts.QuietPeriod), opts.MaxDelay)
 	if opts.NodeGrace <= 0 {
 		opts.NodeGrace = DefaultNodeGrace
 	}
@@ -268,12 +278,12 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("xds: watch registry: %w", err)
 	}
 	var (
-		table      *store.Entry       // newest table read
-		wantTable  int64              // newest version announced (retried until read)
-		reg        *registry.Snapshot // newest registry state
-		dirty      bool               // something changed since the last rebuild
-		firstEvent time.Time          // first pending change (MaxDelay)
-		changeAt   time.Time          // acceptance time of the oldest pending change
+		table     *store.Entry       // newest table read
+		wantTable int64              // newest version announced (retried until read)
+		reg       *registry.Snapshot // newest registry state
+		dirty     bool               // something changed since the last rebuild
+		changeAt  time.Time          // acceptance time of the oldest pending change
+		deb       = debouncer{quiet: s.opts.QuietPeriod, busyQuiet: s.opts.BusyQuietPeriod, maxDelay: s.opts.MaxDelay}
 	)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -285,16 +295,16 @@ func (s *Server) Run(ctx context.Context) error {
 	mark := func(at time.Time) {
 		now := s.now()
 		if !dirty {
-			dirty, firstEvent, changeAt = true, now, at
+			dirty, changeAt = true, at
 		} else if at.Before(changeAt) {
 			changeAt = at
 		}
+		deadline := deb.event(now)
 		if !s.Ready() {
 			timer.Reset(0)
 			return
 		}
-		deadline := min(now.Add(s.opts.QuietPeriod).UnixNano(), firstEvent.Add(s.opts.MaxDelay).UnixNano())
-		timer.Reset(time.Duration(max(deadline-now.UnixNano(), 0)))
+		timer.Reset(max(deadline.Sub(now), 0))
 	}
 	loadTable := func() {
 		if table != nil && table.Number >= wantTable {
@@ -341,6 +351,7 @@ func (s *Server) Run(ctx context.Context) error {
 				continue
 			}
 			dirty = false
+			deb.rebuilt()
 			s.rebuild(table, *reg, changeAt)
 		case <-sweep.C:
 			loadTable() // retries a failed read

@@ -83,7 +83,7 @@ func encode(typeURL string, items []types.Resource) (*encodedType, error) {
 	h := sha256.New()
 	opts := proto.MarshalOptions{Deterministic: true}
 	for i, it := range items {
-		buf, err := opts.Marshal(it)
+		buf, err := opts.Marshal(canonical(it))
 		if err != nil {
 			return nil, err
 		}
