@@ -64,8 +64,9 @@ deps: ## Install what the tests need (Debian: PostgreSQL, Prometheus, docker-com
 	@scripts/deps.sh
 
 .PHONY: tools
-tools: ## Build the pinned Consul (and Jaeger) into the cache (slow the first time).
+tools: ## Build the pinned Consul and Jaeger into the cache (slow the first time).
 	@scripts/tool.sh consul >/dev/null
+	@scripts/tool.sh jaeger >/dev/null
 
 .PHONY: test
 test: deps tools ## Run every test (real PostgreSQL, Consul, Jaeger, Prometheus included).
@@ -73,6 +74,7 @@ test: deps tools ## Run every test (real PostgreSQL, Consul, Jaeger, Prometheus 
 	@set -o pipefail; trap 'scripts/postgres.sh stop $(PG_DIR)' EXIT; \
 	  PETMESH_TEST_POSTGRES_DSN=$$(cat $(PG_DIR).dsn) \
 	  PETMESH_CONSUL_BIN=$$(scripts/tool.sh consul) \
+	  PETMESH_JAEGER_BIN=$$(scripts/tool.sh jaeger) \
 	  PETMESH_REQUIRE_REAL=1 \
 	  $(GO) test $(GOTEST_FLAGS) -timeout $(TEST_TIMEOUT) ./...
 	@$(MAKE) --no-print-directory compose-check
