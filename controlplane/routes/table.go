@@ -130,11 +130,17 @@ type Service struct {
 	Cache            *Cache            `json:"cache,omitempty" yaml:"cache,omitempty"`
 }
 
-// CircuitBreaker thresholds; zero means the default (1024 each).
+// CircuitBreaker thresholds; zero means the default (1024 each, and
+// Envoy's 3 for MaxRetries).
 type CircuitBreaker struct {
 	MaxConnections int `json:"max_connections,omitempty" yaml:"max_connections,omitempty"`
 	MaxPending     int `json:"max_pending,omitempty" yaml:"max_pending,omitempty"`
 	MaxRequests    int `json:"max_requests,omitempty" yaml:"max_requests,omitempty"`
+	// MaxRetries bounds the retries in flight to the service at once, per
+	// proxy. Envoy's default of 3 makes retries overflow (and requests
+	// fail) when several in-flight requests to a dying instance fail
+	// together under concurrent load.
+	MaxRetries int `json:"max_retries,omitempty" yaml:"max_retries,omitempty"`
 }
 
 // OutlierDetection ejects misbehaving endpoints.

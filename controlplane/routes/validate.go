@@ -322,9 +322,9 @@ func validateService(s *Service, p string, e *errs) {
 		e.add(p+".connect_timeout", "must be between 0s (exclusive) and %v, got %v", maxDelay, d)
 	}
 	if cb := s.CircuitBreaker; cb != nil {
-		for i, v := range []int{cb.MaxConnections, cb.MaxPending, cb.MaxRequests} {
+		for i, v := range []int{cb.MaxConnections, cb.MaxPending, cb.MaxRequests, cb.MaxRetries} {
 			if v < 0 || v > maxCBThreshold {
-				e.add(p+".circuit_breaker."+[]string{"max_connections", "max_pending", "max_requests"}[i], "must be 0-%d, got %d", maxCBThreshold, v)
+				e.add(p+".circuit_breaker."+[]string{"max_connections", "max_pending", "max_requests", "max_retries"}[i], "must be 0-%d, got %d", maxCBThreshold, v)
 			}
 		}
 	}

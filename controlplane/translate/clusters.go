@@ -57,6 +57,9 @@ func edsCluster(name, svc, version string, p routes.Service, proxyless bool) *cl
 		if cb.MaxRequests > 0 {
 			th.MaxRequests = u32(cb.MaxRequests)
 		}
+		if cb.MaxRetries > 0 {
+			th.MaxRetries = u32(cb.MaxRetries)
+		}
 		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{th}}
 	}
 	if od := p.OutlierDetection; od != nil {
