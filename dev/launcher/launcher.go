@@ -73,7 +73,9 @@ func (l *Launcher) Start(ctx context.Context, p Proc) error {
 			return err
 		}
 	}
-	logf, err := os.Create(filepath.Join(l.RunDir, "logs", p.Name+".log"))
+	// Append: a process started again under the same name (a restart)
+	// keeps the earlier run's log.
+	logf, err := os.OpenFile(filepath.Join(l.RunDir, "logs", p.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -83,7 +85,7 @@ func (l *Launcher) Start(ctx context.Context, p Proc) error {
 	}
 	cmd := exec.Command(bin, p.Args...)
 	cmd.Env = append(os.Environ(), p.Env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = sysProcAttr()
 	pr, pw := io.Pipe()
 	cmd.Stdout = pw
 	cmd.Stderr = pw
@@ -130,7 +132,18 @@ func (l *Launcher) Start(ctx context.Context, p Proc) error {
 		close(r.done)
 	}()
 	l.mu.Lock()
-	l.procs = append(l.procs, r)
+	// A restart takes the place of the exited process of the same name,
+	// so StopAll keeps the reverse start order of the topology.
+	replaced := false
+	for i, o := range l.procs {
+		if o.proc.Name == p.Name && o.exited() {
+			l.procs[i], replaced = r, true
+			break
+		}
+	}
+	if !replaced {
+		l.procs = append(l.procs, r)
+	}
 	l.mu.Unlock()
 
 	timeout := l.StartTimeout
@@ -210,25 +223,17 @@ func (l *Launcher) StopAll() error {
 	procs := append([]*running(nil), l.procs...)
 	l.procs = nil
 	l.mu.Unlock()
-	timeout := l.StopTimeout
-	if timeout == 0 {
-		timeout = 15 * time.Second
-	}
 	var errs []error
 	for i := len(procs) - 1; i >= 0; i-- {
 		r := procs[i]
-		select {
-		case <-r.done:
+		if r.exited() {
 			continue
-		default:
 		}
-		_ = r.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-r.done:
-		case <-time.After(timeout):
-			_ = syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
-			<-r.done
-			errs = append(errs, fmt.Errorf("%s did not stop within %v; killed", r.proc.Name, timeout))
+		if err := l.stop(r); err != nil && !r.proc.Job {
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) {
+				errs = append(errs, err)
+			}
 		}
 		_ = os.Remove(filepath.Join(l.RunDir, "pids", r.proc.Name+".pid"))
 		fmt.Fprintf(l.Out, "  stopped %s\n", r.proc.Name)
@@ -238,14 +243,107 @@ func (l *Launcher) StopAll() error {
 
 // Addr returns the announced address of a listener of a running process.
 func (l *Launcher) Addr(proc, listener string) string {
+	r := l.find(proc)
+	if r == nil {
+		return ""
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.addrs[listener]
+}
+
+// find returns the newest process named name, or nil.
+func (l *Launcher) find(name string) *running {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, r := range l.procs {
-		if r.proc.Name == proc {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			return r.addrs[listener]
+	for i := len(l.procs) - 1; i >= 0; i-- {
+		if l.procs[i].proc.Name == name {
+			return l.procs[i]
 		}
 	}
-	return ""
+	return nil
+}
+
+func (r *running) exited() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Proc returns the description of the process named name, to start it
+// again after it stopped.
+func (l *Launcher) Proc(name string) (Proc, bool) {
+	r := l.find(name)
+	if r == nil {
+		return Proc{}, false
+	}
+	return r.proc, true
+}
+
+// Pid returns the pid of the process named name (0 when unknown).
+func (l *Launcher) Pid(name string) int {
+	r := l.find(name)
+	if r == nil {
+		return 0
+	}
+	return r.cmd.Process.Pid
+}
+
+// Signal sends sig to the process named name.
+func (l *Launcher) Signal(name string, sig os.Signal) error {
+	r := l.find(name)
+	if r == nil {
+		return fmt.Errorf("no process %q", name)
+	}
+	if r.exited() {
+		return fmt.Errorf("%s has exited", name)
+	}
+	return r.cmd.Process.Signal(sig)
+}
+
+// Wait waits up to timeout for the process named name to exit and returns
+// its exit error (nil for exit status 0).
+func (l *Launcher) Wait(name string, timeout time.Duration) error {
+	r := l.find(name)
+	if r == nil {
+		return fmt.Errorf("no process %q", name)
+	}
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(timeout):
+		return fmt.Errorf("%s still running after %v", name, timeout)
+	}
+}
+
+// Stop stops the process named name with SIGTERM, then SIGKILL after
+// StopTimeout, and returns its exit error.
+func (l *Launcher) Stop(name string) error {
+	r := l.find(name)
+	if r == nil {
+		return fmt.Errorf("no process %q", name)
+	}
+	return l.stop(r)
+}
+
+func (l *Launcher) stop(r *running) error {
+	if r.exited() {
+		return nil
+	}
+	timeout := l.StopTimeout
+	if timeout == 0 {
+		timeout = 15 * time.Second
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(timeout):
+		_ = syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+		<-r.done
+		return fmt.Errorf("%s did not stop within %v; killed", r.proc.Name, timeout)
+	}
 }

@@ -16,8 +16,18 @@ type Options struct {
 	RunDir string
 	// Registry is "builtin" or "consul".
 	Registry string
-	// ConsulBin is the consul binary used with Registry "consul".
+	// ConsulBin is the consul binary used with Registry "consul"; empty
+	// means an agent already runs at Addrs.Consul (tests start their own).
 	ConsulBin string
+	// Addrs are the listener addresses; the zero value means DevAddrs.
+	Addrs Addrs
+}
+
+func (o Options) addrs() Addrs {
+	if o.Addrs == (Addrs{}) {
+		return DevAddrs()
+	}
+	return o.Addrs
 }
 
 // Run starts the topology, prints how to use it, and stops everything when
@@ -47,7 +57,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, out io.
 		return err
 	}
 	o.BinDir, o.RunDir = bin, dir
-	if err := prepare(dir); err != nil {
+	if err := Prepare(dir); err != nil {
 		return err
 	}
 	l := &Launcher{BinDir: bin, RunDir: dir, Out: out}

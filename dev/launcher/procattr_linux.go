@@ -1,0 +1,10 @@
+package launcher
+
+import "syscall"
+
+// sysProcAttr puts each process in its own process group (Ctrl-C at the
+// terminal reaches only the launcher, which stops them in order) and
+// kills it if the launcher dies without stopping it.
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
