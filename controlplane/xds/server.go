@@ -401,13 +401,42 @@ func Instances(snap registry.Snapshot) []translate.Instance {
 func (s *Server) rebuild(e *store.Entry, reg registry.Snapshot, changeAt time.Time) {
 	start := s.now()
 	in := &inputs{table: e.Table, tableVersion: e.Number, instances: Instances(reg), opts: s.opts.Translate}
+
+	// Translate one node of each class without holding s.mu: streams keep
+	// recording sends and ACKs meanwhile.
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	first := s.in == nil
-	s.in = in
-	s.classes = map[string]*built{}
+	reps := map[string]*node{}
+	tns := map[string]translate.Node{}
 	for _, n := range s.nodes {
+		reps[n.class], tns[n.class] = n, n.tn
+	}
+	s.mu.Unlock()
+	classes := make(map[string]*built, len(tns))
+	for key, tn := range tns {
+		classes[key] = build(in, tn)
+	}
+
+	s.mu.Lock()
+	first := s.in == nil
+	s.in, s.classes = in, classes
+	for key, b := range classes {
+		s.noteBuildLocked(b, reps[key].id)
+	}
+	nodes := make([]*node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		nodes = append(nodes, n)
+	}
+	s.mu.Unlock()
+
+	// Publish node by node, releasing s.mu in between, so that the
+	// streams of the nodes already published can send (OnStreamResponse)
+	// while the others are being published. Only Run calls rebuild and
+	// forgetDisconnected, so the nodes stay; a node attached meanwhile
+	// is published by attachLocked from the new inputs.
+	for _, n := range nodes {
+		s.mu.Lock()
 		s.publishLocked(n, changeAt)
+		s.mu.Unlock()
 	}
 	s.metrics.rebuilds.Inc()
 	s.metrics.rebuildSeconds.Observe(s.now().Sub(start).Seconds())
@@ -415,8 +444,22 @@ func (s *Server) rebuild(e *store.Entry, reg registry.Snapshot, changeAt time.Ti
 	if first {
 		s.log.Info("xds: first state built", "route_version", e.Number, "instances", len(in.instances))
 	} else {
-		s.log.Debug("xds: state rebuilt", "route_version", e.Number, "instances", len(in.instances), "nodes", len(s.nodes))
+		s.log.Debug("xds: state rebuilt", "route_version", e.Number, "instances", len(in.instances), "nodes", len(nodes))
 	}
+}
+
+// noteBuildLocked logs and counts a class that cannot be published
+// (naming one of its nodes).
+func (s *Server) noteBuildLocked(b *built, nodeID string) {
+	if b.err == nil {
+		return
+	}
+	reason := "translate"
+	if errors.Is(b.err, ErrInconsistent) {
+		reason = "inconsistent"
+	}
+	s.metrics.snapshotErrors.WithLabelValues(reason).Inc()
+	s.log.Error("xds: snapshot not published", "node", nodeID, "route_version", s.in.tableVersion, "reason", reason, "error", b.err)
 }
 
 // publishLocked builds (or reuses) the node's class snapshot and hands it
@@ -431,14 +474,7 @@ func (s *Server) publishLocked(n *node, changeAt time.Time) {
 	if !ok {
 		b = build(s.in, n.tn)
 		s.classes[n.class] = b
-		if b.err != nil {
-			reason := "translate"
-			if errors.Is(b.err, ErrInconsistent) {
-				reason = "inconsistent"
-			}
-			s.metrics.snapshotErrors.WithLabelValues(reason).Inc()
-			s.log.Error("xds: snapshot not published", "node", n.id, "route_version", s.in.tableVersion, "reason", reason, "error", b.err)
-		}
+		s.noteBuildLocked(b, n.id)
 	}
 	if b.err != nil {
 		n.buildErr = b.err.Error()
