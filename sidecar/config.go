@@ -60,6 +60,7 @@ type Config struct {
 	AccessLog      bool
 	LogLevel       string
 	Pprof          bool
+	CPUs           int
 }
 
 var (
@@ -100,6 +101,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.Bool(&c.AccessLog, "access-log", "SIDECAR_ACCESS_LOG", true, "log every request as a JSON line (msg \"access\")")
 	f.String(&c.LogLevel, "log-level", "SIDECAR_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	f.Bool(&c.Pprof, "pprof", "SIDECAR_PPROF", false, "serve /debug/pprof/ on the admin listener")
+	f.Int(&c.CPUs, "cpus", "SIDECAR_CPUS", 1, "CPUs the sidecar runs Go code on at once (GOMAXPROCS); 1 avoids the scheduler's cross-thread wake-ups that dominate at sidecar rates, 0 keeps the Go default (all CPUs, or $GOMAXPROCS)")
 	if err := f.Parse(args); err != nil {
 		return c, err
 	}
@@ -193,6 +195,9 @@ func (c Config) Validate() error {
 	}
 	if c.DeregisterWait < 0 {
 		errs = append(errs, fmt.Errorf("-deregister-wait: must not be negative, got %v", c.DeregisterWait))
+	}
+	if c.CPUs < 0 || c.CPUs > 1024 {
+		errs = append(errs, fmt.Errorf("-cpus: want 0 (Go default) to 1024, got %d", c.CPUs))
 	}
 	if _, err := telemetry.ParseLevel(c.LogLevel); err != nil {
 		errs = append(errs, fmt.Errorf("-log-level: %w", err))

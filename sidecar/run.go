@@ -20,11 +20,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
 	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	consulapi "github.com/hashicorp/consul/api"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/internal/config"
@@ -60,6 +63,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	level, _ := telemetry.ParseLevel(cfg.LogLevel)
+	if cfg.CPUs > 0 {
+		runtime.GOMAXPROCS(cfg.CPUs)
+	}
 
 	// Bind first: the instance id and the node metadata need the ports.
 	inLn, err := net.Listen("tcp", cfg.InboundAddr)
@@ -83,9 +89,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		cfg.Instance = defaultInstance(cfg.Service, inPort)
 	}
 
+	logOut := &lockedWriter{w: stderr}
 	tel, shutdown, err := telemetry.Setup(ctx, telemetry.Config{
 		ServiceName: "sidecar-" + cfg.Service, ServiceVersion: cfg.Version, InstanceID: cfg.Instance,
-		LogLevel: level, LogWriter: stderr, Getenv: getenv,
+		LogLevel: level, LogWriter: logOut, Getenv: getenv,
 	})
 	if err != nil {
 		return fmt.Errorf("telemetry: %w", err)
@@ -138,7 +145,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	var alog dataplane.AccessLogFunc
 	if cfg.AccessLog {
-		al, err := newAccessLog(log, 4096, tel.Registry)
+		svcName := "sidecar-" + cfg.Service // as telemetry.Setup names the logs
+		if v := getenv("OTEL_SERVICE_NAME"); v != "" {
+			svcName = v
+		}
+		al, err := newAccessLog(logOut, level, []any{"service", svcName, "instance", cfg.Instance}, log, 4096, tel.Registry)
 		if err != nil {
 			return err
 		}
@@ -149,7 +160,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Logger: log, Registerer: tel.Registry,
 		Auth:           healthBypass(auth.AuthFactory(), cfg.AppHealthPath),
 		AccessLog:      alog,
-		TracerProvider: tel.TracerProvider, Propagator: tel.Propagator,
+		TracerProvider: spanProvider(tel.TracerProvider, getenv), Propagator: tel.Propagator,
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
@@ -422,6 +433,32 @@ func attachToken(src *svctoken.Source, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// spanProvider returns tp when spans are exported (an OTLP trace exporter
+// is configured, as telemetry.Setup decides), else a no-op provider: the
+// server and client spans would be built, attributes and all, for every
+// request and then dropped. The no-op spans keep the caller's span context,
+// so the traceparent is still propagated and the trace id still logged,
+// and otelhttp still records the OTel HTTP metrics.
+func spanProvider(tp trace.TracerProvider, getenv func(string) string) trace.TracerProvider {
+	if tracesExported(getenv) {
+		return tp
+	}
+	return noop.NewTracerProvider()
+}
+
+// tracesExported mirrors telemetry.Setup's exporter choice: an exporter
+// exists when OTEL_TRACES_EXPORTER is "otlp", or is unset while an OTLP
+// endpoint is set.
+func tracesExported(getenv func(string) string) bool {
+	switch getenv("OTEL_TRACES_EXPORTER") {
+	case "otlp":
+		return true
+	case "":
+		return getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != ""
+	}
+	return false
 }
 
 func isClosed(c chan struct{}) bool {

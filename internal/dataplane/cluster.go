@@ -368,7 +368,11 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 // newTransport returns the tuned upstream transport: many idle
 // connections per host (the default of 2 halves a proxy's throughput),
 // keep-alives, no compression, the connect timeout and max_connections
-// enforced by the dialer.
+// enforced by the dialer. The connection buffers keep Go's 4 KiB default:
+// bodies bypass them (the proxy copies through its own pooled 32 KiB
+// buffer and bufio passes reads and writes that large straight through),
+// while every idle keep-alive connection holds them, so larger buffers
+// only cost memory (64 KiB per connection at 32 KiB each).
 func newTransport(cl *clusterRT, connectTimeout time.Duration, h2c bool) *http.Transport {
 	d := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	conns := &cl.conns
@@ -398,8 +402,6 @@ func newTransport(cl *clusterRT, connectTimeout time.Duration, h2c bool) *http.T
 		IdleConnTimeout:       90 * time.Second,
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
 	}
 	if h2c {
 		var p http.Protocols

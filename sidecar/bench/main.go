@@ -51,6 +51,8 @@ func run(ctx context.Context) error {
 	warm := flag.Duration("warmup", 5*time.Second, "warm-up at the same rate before measuring")
 	accessLog := flag.Bool("access-log", true, "sidecar access log on (as in production)")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the sidecar during the measured window to this file")
+	heapProfile := flag.String("heapprofile", "", "write a heap profile and a goroutine dump (<file>.goroutines) of the sidecar at the end of the measured window")
+	cpus := flag.Int("sidecar-cpus", 0, "the sidecar's -cpus (GOMAXPROCS); 0 keeps the sidecar's default")
 	flag.Parse()
 
 	dir, err := os.MkdirTemp("", "petmesh-bench-")
@@ -109,13 +111,17 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer cp.stop()
-	sc, err := start(ctx, filepath.Join(dir, "sidecar"), []string{
+	scArgs := []string{
 		"-service", "pets", "-instance", "pets-bench", "-app-addr", appAddr,
 		"-inbound-addr", "127.0.0.1:0", "-outbound-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0",
 		"-xds-addr", cp.addrs["xds"], "-registry-url", "http://" + cp.addrs["api"],
-		"-access-log=" + strconv.FormatBool(*accessLog), "-pprof=" + strconv.FormatBool(*profile != ""),
+		"-access-log=" + strconv.FormatBool(*accessLog), "-pprof=" + strconv.FormatBool(*profile != "" || *heapProfile != ""),
 		"SIDECAR_REGISTRATION_TOKEN=" + regToken,
-	}, "inbound", "outbound", "admin")
+	}
+	if *cpus > 0 {
+		scArgs = append(scArgs, "-cpus", strconv.Itoa(*cpus))
+	}
+	sc, err := start(ctx, filepath.Join(dir, "sidecar"), scArgs, "inbound", "outbound", "admin")
 	if err != nil {
 		return err
 	}
@@ -125,8 +131,15 @@ func run(ctx context.Context) error {
 	}
 
 	hdr := http.Header{"Authorization": {"Bearer " + tok.Raw}}
-	fmt.Printf("petmesh sidecar benchmark: %d rps open-loop, %v measured after %v warm-up, GOMAXPROCS of the sidecar = all %d CPUs, access log %v\n",
-		*rps, *dur, *warm, numCPU(), *accessLog)
+	scCPUs := "its default -cpus"
+	if *cpus > 0 {
+		scCPUs = fmt.Sprintf("-cpus %d", *cpus)
+	}
+	fmt.Printf("petmesh sidecar benchmark: %d rps open-loop, %v measured after %v warm-up, sidecar %s on a %d-CPU machine, access log %v, admin http://%s\n",
+		*rps, *dur, *warm, scCPUs, numCPU(), *accessLog, sc.addrs["admin"])
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Printf("machine load average at start: %s", b)
+	}
 
 	direct, err := load(ctx, appURL+"/pets/42", nil, *rps, *warm, *dur, nil)
 	if err != nil {
@@ -145,6 +158,10 @@ func run(ctx context.Context) error {
 			maxRSS = max(maxRSS, rssKB(sc.cmd.Process.Pid))
 		case "end":
 			cpu1 = cpuSeconds(sc.cmd.Process.Pid)
+			if *heapProfile != "" {
+				save("http://"+sc.addrs["admin"]+"/debug/pprof/heap", *heapProfile)
+				save("http://"+sc.addrs["admin"]+"/debug/pprof/goroutine?debug=1", *heapProfile+".goroutines")
+			}
 		}
 	})
 	if err != nil {
@@ -157,6 +174,9 @@ func run(ctx context.Context) error {
 		(via.q(0.50) - direct.q(0.50)).Round(time.Microsecond), (via.q(0.99) - direct.q(0.99)).Round(time.Microsecond))
 	fmt.Printf("sidecar CPU: %.3f vCPU (utime+stime over the measured window)\n", (cpu1-cpu0)/dur.Seconds())
 	fmt.Printf("sidecar RSS: max %.1f MB during the window, %.1f MB at the end\n", float64(maxRSS)/1024, float64(rssKB(sc.cmd.Process.Pid))/1024)
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Printf("machine load average at the end: %s", b)
+	}
 	return nil
 }
 
@@ -329,6 +349,18 @@ func start(ctx context.Context, bin string, args []string, names ...string) (*pr
 // fetchProfile saves a CPU profile of the sidecar covering d.
 func fetchProfile(admin string, d time.Duration, file string) {
 	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", admin, int(d.Seconds())))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, _ := io.ReadAll(resp.Body)
+	_ = os.WriteFile(file, b, 0o600)
+}
+
+// save writes the body of GET url to file.
+func save(url, file string) {
+	resp, err := http.Get(url)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "profile:", err)
 		return
