@@ -564,37 +564,40 @@ func latestVersions(srv *xds.Server, t string) map[string]string {
 
 // add waits until every proxy has ACKed a version of type t other than
 // its prev one and records the send and ACK times (from the server's
-// status) and the receipt times (in-process clients).
+// status) and the receipt times (in-process clients). It polls one proxy
+// at a time (Proxy), never the whole Status while the change spreads: a
+// Status of 1,000 proxies holds the server's lock long enough to delay
+// every stream's send.
 func (l *latencies) add(b *testing.B, srv *xds.Server, proxies []*simProxy, t string, prev map[string]string, start time.Time) {
 	b.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	var sent, ack []time.Duration
-	for {
-		sent, ack = sent[:0], ack[:0]
-		pending := 0
-		for _, p := range srv.Status() {
-			for _, ts := range p.Types {
-				if ts.TypeURL != t {
-					continue
-				}
-				if ts.Latest == prev[p.ID] || ts.Acked != ts.Latest || ts.Sent != ts.Latest || ts.SentAt == nil || ts.AckedAt == nil {
-					pending++
-					continue
-				}
-				sent = append(sent, ts.SentAt.Sub(start))
-				ack = append(ack, ts.AckedAt.Sub(start))
+	converged := func(p xds.ProxyStatus) (sent, ack time.Duration, ok bool) {
+		for _, ts := range p.Types {
+			if ts.TypeURL != t || ts.Latest == prev[p.ID] || ts.Acked != ts.Latest || ts.Sent != ts.Latest || ts.SentAt == nil || ts.AckedAt == nil {
+				continue
 			}
+			return ts.SentAt.Sub(start), ts.AckedAt.Sub(start), true
 		}
-		if pending == 0 && len(ack) == len(prev) {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%s: %d of %d proxies have not converged", xds.ShortType(t), pending, len(prev))
-		}
-		time.Sleep(50 * time.Millisecond) // polling the server's status (costly at 1,000 proxies); the times are its own
+		return 0, 0, false
 	}
-	l.sent = append(l.sent, sent...)
-	l.ack = append(l.ack, ack...)
+	for id := range prev {
+		for {
+			p, _ := srv.Proxy(id)
+			if _, _, ok := converged(p); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%s: proxy %s has not converged", xds.ShortType(t), id)
+			}
+			time.Sleep(5 * time.Millisecond) // polling one proxy's status; the times are the server's own
+		}
+	}
+	for _, p := range srv.Status() {
+		if sent, ack, ok := converged(p); ok {
+			l.sent = append(l.sent, sent)
+			l.ack = append(l.ack, ack)
+		}
+	}
 	for _, p := range proxies {
 		d, ok := p.changedSince(t, start)
 		if !ok {

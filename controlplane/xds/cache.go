@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -42,13 +43,16 @@ type encodedType struct {
 type sharedCache struct {
 	log *slog.Logger
 
-	mu      sync.Mutex
-	nextID  int64
-	nodes   map[string]*cacheNode
-	dropped int // responses that found a full stream channel (never expected)
+	nodes   sync.Map // node id → *cacheNode
+	nextID  atomic.Int64
+	dropped atomic.Int64 // responses that found a full stream channel (never expected)
 }
 
+// cacheNode is one node's snapshot and open watches, under its own lock:
+// streams of different nodes never wait for each other.
 type cacheNode struct {
+	mu      sync.Mutex
+	gone    bool // removed by ClearSnapshot: look the node up again
 	snap    *built
 	watches map[int64]*sotwWatch
 }
@@ -62,25 +66,31 @@ type sotwWatch struct {
 var _ cache.Cache = (*sharedCache)(nil)
 
 func newSharedCache(log *slog.Logger) *sharedCache {
-	return &sharedCache{log: log, nodes: map[string]*cacheNode{}}
+	return &sharedCache{log: log}
 }
 
-func (c *sharedCache) nodeLocked(id string) *cacheNode {
-	n, ok := c.nodes[id]
-	if !ok {
-		n = &cacheNode{watches: map[int64]*sotwWatch{}}
-		c.nodes[id] = n
+// lockNode returns the node's entry, created if needed, locked.
+func (c *sharedCache) lockNode(id string) *cacheNode {
+	for {
+		v, ok := c.nodes.Load(id)
+		if !ok {
+			v, _ = c.nodes.LoadOrStore(id, &cacheNode{watches: map[int64]*sotwWatch{}})
+		}
+		n := v.(*cacheNode)
+		n.mu.Lock()
+		if !n.gone {
+			return n
+		}
+		n.mu.Unlock()
 	}
-	return n
 }
 
 // SetSnapshot makes b the node's snapshot and answers every open watch
 // whose type's version differs, in ADS order. b must not be modified
 // afterwards.
 func (c *sharedCache) SetSnapshot(nodeID string, b *built) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := c.nodeLocked(nodeID)
+	n := c.lockNode(nodeID)
+	defer n.mu.Unlock()
 	n.snap = b
 	// A stream has at most one watch per type; a node rarely has more
 	// than one stream. Answer in ADS order.
@@ -90,7 +100,7 @@ func (c *sharedCache) SetSnapshot(nodeID string, b *built) {
 			if w.req.GetTypeUrl() != t || et.version == w.req.GetVersionInfo() {
 				continue
 			}
-			c.respondLocked(w, et)
+			c.respond(w, et)
 			delete(n.watches, id)
 		}
 	}
@@ -98,9 +108,15 @@ func (c *sharedCache) SetSnapshot(nodeID string, b *built) {
 
 // ClearSnapshot forgets a node: its snapshot and open watches.
 func (c *sharedCache) ClearSnapshot(nodeID string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.nodes, nodeID)
+	v, ok := c.nodes.Load(nodeID)
+	if !ok {
+		return
+	}
+	n := v.(*cacheNode)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.gone, n.snap, n.watches = true, nil, nil
+	c.nodes.CompareAndDelete(nodeID, n)
 }
 
 // CreateWatch implements cache.ConfigWatcher: it answers at once when the
@@ -108,26 +124,21 @@ func (c *sharedCache) ClearSnapshot(nodeID string) {
 // subscription has not been sent yet; otherwise it keeps the watch open
 // until SetSnapshot.
 func (c *sharedCache) CreateWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
-	nodeID := req.GetNode().GetId()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := c.nodeLocked(nodeID)
+	n := c.lockNode(req.GetNode().GetId())
+	defer n.mu.Unlock()
 	w := &sotwWatch{req: req, sub: sub, out: out}
 	if n.snap != nil {
 		if et := n.snap.encoded[req.GetTypeUrl()]; et != nil && (et.version != req.GetVersionInfo() || unsent(et, sub)) {
-			c.respondLocked(w, et)
+			c.respond(w, et)
 			return func() {}, nil
 		}
 	}
-	c.nextID++
-	id := c.nextID
+	id := c.nextID.Add(1)
 	n.watches[id] = w
 	return func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if n, ok := c.nodes[nodeID]; ok {
-			delete(n.watches, id)
-		}
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		delete(n.watches, id) // no-op once gone (nil map)
 	}, nil
 }
 
@@ -154,7 +165,9 @@ func unsent(et *encodedType, sub cache.Subscription) bool {
 	return false
 }
 
-func (c *sharedCache) respondLocked(w *sotwWatch, et *encodedType) {
+// respond sends et to the watch's stream; the watch's node must be
+// locked.
+func (c *sharedCache) respond(w *sotwWatch, et *encodedType) {
 	r := &sharedResponse{req: w.req, version: et.version}
 	if w.sub.IsWildcard() || len(w.req.GetResourceNames()) == 0 {
 		r.anys = et.anys
@@ -188,7 +201,7 @@ func (c *sharedCache) respondLocked(w *sotwWatch, et *encodedType) {
 	select {
 	case w.out <- r:
 	default:
-		c.dropped++
+		c.dropped.Add(1)
 		c.log.Error("xds: stream response channel full, response dropped", "node", w.req.GetNode().GetId(), "type", ShortType(w.req.GetTypeUrl()))
 	}
 }

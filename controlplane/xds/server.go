@@ -110,11 +110,14 @@ type Server struct {
 	cache   *sharedCache
 	metrics *metrics
 
+	// streams maps a stream id to its *node (nil before its first
+	// request): the streams' callbacks find their node without s.mu.
+	streams sync.Map
+
 	mu      sync.Mutex
 	in      *inputs           // nil until the first table and registry state
 	classes map[string]*built // node class → resources for in
 	nodes   map[string]*node  // by node id
-	streams map[int64]string  // stream id → node id ("" before its first request)
 }
 
 // New validates opts and returns a server; call Run (the change loop) and
@@ -157,7 +160,6 @@ func New(opts Options) (*Server, error) {
 		now:     opts.Now,
 		classes: map[string]*built{},
 		nodes:   map[string]*node{},
-		streams: map[int64]string{},
 	}
 	// Like SnapshotCache in non-ADS mode, the cache answers a request by
 	// name with the named resources it has (in ADS mode SnapshotCache
@@ -207,9 +209,14 @@ func (s *Server) TranslateOptions() translate.Options { return s.opts.Translate 
 // Resources returns the resources last published to a node, or false.
 func (s *Server) Resources(nodeID string) (*translate.Resources, bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	n, ok := s.nodes[nodeID]
-	if !ok || n.published == nil {
+	s.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.published == nil {
 		return nil, false
 	}
 	return n.published.resources, true
@@ -463,7 +470,8 @@ func (s *Server) noteBuildLocked(b *built, nodeID string) {
 }
 
 // publishLocked builds (or reuses) the node's class snapshot and hands it
-// to the cache when any type's version changed. s.mu must be held.
+// to the cache when any type's version changed. s.mu must be held (not
+// n.mu).
 // SetSnapshot does not block: the ADS stream's response channel has room
 // for one response per type and each type has at most one open watch.
 func (s *Server) publishLocked(n *node, changeAt time.Time) {
@@ -476,6 +484,8 @@ func (s *Server) publishLocked(n *node, changeAt time.Time) {
 		s.classes[n.class] = b
 		s.noteBuildLocked(b, n.id)
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if b.err != nil {
 		n.buildErr = b.err.Error()
 		return
@@ -516,7 +526,10 @@ func (s *Server) forgetDisconnected() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, n := range s.nodes {
-		if n.streams == 0 && now.Sub(n.disconnectedAt) > s.opts.NodeGrace {
+		n.mu.Lock()
+		gone := n.streams == 0 && now.Sub(n.disconnectedAt) > s.opts.NodeGrace
+		n.mu.Unlock()
+		if gone {
 			s.cache.ClearSnapshot(id)
 			delete(s.nodes, id)
 			s.log.Info("xds: forgot disconnected node", "node", id)

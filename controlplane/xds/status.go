@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -17,8 +18,15 @@ import (
 )
 
 // node is the server's state of one node id (possibly several streams).
+//
+// Locking: Server.mu guards the node maps and the inputs; n.mu guards the
+// node's fields below it, so that the streams' callbacks (a send, an ACK)
+// lock only their own node. tn and class are written with both held and
+// read with either. Order: Server.mu before n.mu before the cache's locks.
 type node struct {
-	id             string
+	id string
+
+	mu             sync.Mutex
 	tn             translate.Node
 	class          string // classKey(tn)
 	streams        int
@@ -118,14 +126,21 @@ func kindOf(tn translate.Node) string {
 }
 
 // Status returns every known proxy (connected, or disconnected within
-// NodeGrace), sorted by id.
+// NodeGrace), sorted by id. It locks one node at a time: streams keep
+// sending meanwhile.
 func (s *Server) Status() []ProxyStatus {
 	now := s.now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]ProxyStatus, 0, len(s.nodes))
+	nodes := make([]*node, 0, len(s.nodes))
 	for _, n := range s.nodes {
+		nodes = append(nodes, n)
+	}
+	s.mu.Unlock()
+	out := make([]ProxyStatus, 0, len(nodes))
+	for _, n := range nodes {
+		n.mu.Lock()
 		out = append(out, s.statusLocked(n, now))
+		n.mu.Unlock()
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -135,14 +150,17 @@ func (s *Server) Status() []ProxyStatus {
 func (s *Server) Proxy(id string) (ProxyStatus, bool) {
 	now := s.now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	n, ok := s.nodes[id]
+	s.mu.Unlock()
 	if !ok {
 		return ProxyStatus{}, false
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	return s.statusLocked(n, now), true
 }
 
+// statusLocked: n.mu must be held.
 func (s *Server) statusLocked(n *node, now time.Time) ProxyStatus {
 	p := ProxyStatus{
 		ID: n.id, Kind: kindOf(n.tn), Service: n.tn.Meta.Service, VersionTag: n.tn.Meta.Version,
@@ -176,7 +194,7 @@ func (s *Server) statusLocked(n *node, now time.Time) ProxyStatus {
 }
 
 // staleLocked: some type's latest version has waited for an ACK longer
-// than StaleAfter.
+// than StaleAfter. n.mu must be held.
 func (s *Server) staleLocked(n *node, now time.Time) bool {
 	for _, ts := range n.types {
 		if ts.Latest != "" && ts.Acked != ts.Latest && now.Sub(ts.LatestAt) > s.opts.StaleAfter {
@@ -196,29 +214,38 @@ func (s *Server) OnStreamOpen(_ context.Context, id int64, typeURL string) error
 	if typeURL != "" {
 		return status.Errorf(codes.Unimplemented, "petmesh control plane: only ADS is served, not %s", typeURL)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.streams[id] = ""
+	s.streams.Store(id, (*node)(nil))
 	return nil
 }
 
 // OnStreamClosed implements serverv3.Callbacks.
 func (s *Server) OnStreamClosed(id int64, _ *core.Node) {
 	now := s.now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	nid, ok := s.streams[id]
-	delete(s.streams, id)
-	if !ok || nid == "" {
+	v, ok := s.streams.LoadAndDelete(id)
+	if !ok {
 		return
 	}
-	if n, ok := s.nodes[nid]; ok {
-		n.streams--
-		if n.streams == 0 {
-			n.disconnectedAt = now
-			s.log.Info("xds: proxy disconnected", "node", nid)
-		}
+	n := v.(*node)
+	if n == nil {
+		return
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.streams--
+	if n.streams == 0 {
+		n.disconnectedAt = now
+		s.log.Info("xds: proxy disconnected", "node", n.id)
+	}
+}
+
+// streamNode is the node stream id is bound to (nil before its first
+// request; false for an unknown stream).
+func (s *Server) streamNode(id int64) (*node, bool) {
+	v, ok := s.streams.Load(id)
+	if !ok {
+		return nil, false
+	}
+	return v.(*node), true
 }
 
 // OnStreamRequest implements serverv3.Callbacks: it binds the stream to
@@ -226,29 +253,30 @@ func (s *Server) OnStreamClosed(id int64, _ *core.Node) {
 // ACKs and NACKs.
 func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
 	now := s.now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	nid, ok := s.streams[id]
+	n, ok := s.streamNode(id)
 	if !ok {
 		return status.Error(codes.Internal, "unknown stream")
 	}
-	if nid == "" {
-		n, err := s.attachLocked(id, req.GetNode(), now)
+	if n == nil {
+		var err error
+		s.mu.Lock()
+		n, err = s.attachLocked(id, req.GetNode(), now)
+		s.mu.Unlock()
 		if err != nil {
 			return err
 		}
-		nid = n.id
 	}
-	n := s.nodes[nid]
 	t := req.GetTypeUrl()
 	if !slices.Contains(Types, t) {
 		return nil
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	ts := n.typ(t)
 	if d := req.GetErrorDetail(); d != nil {
 		s.metrics.nacks.WithLabelValues(ShortType(t)).Inc()
 		ts.Nack = &Nack{Version: ts.Sent, Message: d.GetMessage(), At: now}
-		s.log.Warn("xds: proxy rejected config (NACK)", "node", nid, "type", ShortType(t), "version", ts.Sent, "error", d.GetMessage())
+		s.log.Warn("xds: proxy rejected config (NACK)", "node", n.id, "type", ShortType(t), "version", ts.Sent, "error", d.GetMessage())
 		// A NACK carries the last accepted version, so the cache would
 		// resend the rejected one at once, and again after every NACK.
 		// Presenting the rejected version instead makes the cache wait for
@@ -273,7 +301,8 @@ func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 	return nil
 }
 
-// attachLocked binds stream id to the node in its first request.
+// attachLocked binds stream id to the node in its first request. s.mu
+// must be held.
 func (s *Server) attachLocked(id int64, pn *core.Node, now time.Time) (*node, error) {
 	if pn.GetId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "petmesh control plane: the first request must carry node.id")
@@ -286,17 +315,21 @@ func (s *Server) attachLocked(id int64, pn *core.Node, now time.Time) (*node, er
 	if !ok {
 		n = &node{id: pn.GetId(), tn: tn, class: classKey(tn)}
 		s.nodes[n.id] = n
-	} else if key := classKey(tn); n.class != key {
+	}
+	n.mu.Lock()
+	if key := classKey(tn); n.class != key {
 		n.tn, n.class = tn, key // metadata changed (a restarted proxy): rebuild
 		n.published = nil
 	}
-	s.streams[id] = n.id
 	n.streams++
 	if n.streams == 1 {
 		n.connectedSince = now
 		s.log.Info("xds: proxy connected", "node", n.id, "kind", kindOf(tn), "service", tn.Meta.Service)
 	}
-	if n.published == nil {
+	unpublished := n.published == nil
+	n.mu.Unlock()
+	s.streams.Store(id, n)
+	if unpublished {
 		s.publishLocked(n, now)
 	}
 	return n, nil
@@ -305,12 +338,12 @@ func (s *Server) attachLocked(id int64, pn *core.Node, now time.Time) (*node, er
 // OnStreamResponse implements serverv3.Callbacks: it records what was sent.
 func (s *Server) OnStreamResponse(_ context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
 	now := s.now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n, ok := s.nodes[s.streams[id]]
-	if !ok {
+	n, _ := s.streamNode(id)
+	if n == nil {
 		return
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	ts := n.typ(resp.GetTypeUrl())
 	ts.Sent, ts.SentAt = resp.GetVersionInfo(), now
 	_ = req
