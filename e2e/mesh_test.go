@@ -65,6 +65,7 @@ type mesh struct {
 // already running at consulAddr). Everything is stopped when t ends.
 func startMesh(t *testing.T, registry, consulAddr string) *mesh {
 	t.Helper()
+	began := time.Now()
 	var binDir string
 	for name, pkg := range binaries {
 		p := testutil.BuildBinary(t, pkg)
@@ -73,7 +74,17 @@ func startMesh(t *testing.T, registry, consulAddr string) *mesh {
 		}
 		binDir = filepath.Dir(p)
 	}
+	built := time.Now()
 	dir := t.TempDir()
+	if keep := os.Getenv("PETMESH_E2E_KEEP"); keep != "" {
+		// Keep the run directory (logs, data) for a look afterwards.
+		d, err := os.MkdirTemp(keep, "petmesh-e2e-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir = d
+		t.Logf("run directory %s", dir)
+	}
 	if err := launcher.Prepare(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -87,9 +98,11 @@ func startMesh(t *testing.T, registry, consulAddr string) *mesh {
 	}
 	m.pets1, m.pets2, m.syncI, m.stats = a.Instances()
 	t.Cleanup(func() {
+		stopping := time.Now()
 		if err := m.l.StopAll(); err != nil {
 			t.Errorf("stop the mesh: %v", err)
 		}
+		t.Logf("mesh stopped in %v", time.Since(stopping).Round(time.Millisecond))
 		m.client.CloseIdleConnections()
 		if t.Failed() {
 			m.dumpLogs()
@@ -101,6 +114,7 @@ func startMesh(t *testing.T, registry, consulAddr string) *mesh {
 			t.Fatalf("start the mesh: %v", err)
 		}
 	}
+	started := time.Now()
 	// Converged: the initial sync has copied the fixtures into pets.
 	ops := m.token("ops")
 	testutil.Eventually(t, 30*time.Second, func() error {
@@ -113,6 +127,8 @@ func startMesh(t *testing.T, registry, consulAddr string) *mesh {
 		}
 		return nil
 	})
+	t.Logf("binaries built in %v, mesh started in %v, converged after %v more",
+		built.Sub(began).Round(time.Millisecond), started.Sub(built).Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
 	return m
 }
 

@@ -321,10 +321,9 @@ func testControlPlaneRestart(t *testing.T, m *mesh) {
 	if err := m.l.Stop("controlplane"); err != nil {
 		t.Fatalf("stop the control plane: %v", err)
 	}
-	// Longer than a registration TTL (5s) would matter to a registry, and
-	// long enough for every proxy to notice the broken stream.
-	deadline := time.Now().Add(6 * time.Second)
-	waitMore(t, ld, 200)
+	// Down for longer than a heartbeat period: every sidecar's heartbeat
+	// fails at least once and every proxy's ADS stream breaks.
+	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
 		waitMore(t, ld, 20)
 	}
