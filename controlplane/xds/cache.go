@@ -86,8 +86,11 @@ func (c *sharedCache) lockNode(id string) *cacheNode {
 }
 
 // SetSnapshot makes b the node's snapshot and answers every open watch
-// whose type's version differs, in ADS order. b must not be modified
-// afterwards.
+// whose type's version differs, or whose stream has not been sent some of
+// the resources it subscribes to (a proxy that reconnected with the
+// version it had, before the server had a snapshot for it: it is sent
+// the resources again, so that its status shows what it runs), in ADS
+// order. b must not be modified afterwards.
 func (c *sharedCache) SetSnapshot(nodeID string, b *built) {
 	n := c.lockNode(nodeID)
 	defer n.mu.Unlock()
@@ -97,7 +100,7 @@ func (c *sharedCache) SetSnapshot(nodeID string, b *built) {
 	for _, t := range Types {
 		et := b.encoded[t]
 		for id, w := range n.watches {
-			if w.req.GetTypeUrl() != t || et.version == w.req.GetVersionInfo() {
+			if w.req.GetTypeUrl() != t || (et.version == w.req.GetVersionInfo() && !unsent(et, w.sub)) {
 				continue
 			}
 			c.respond(w, et)

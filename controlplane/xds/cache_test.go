@@ -157,6 +157,20 @@ func TestSharedCache(t *testing.T) {
 			want: []string{"cluster@v1:a,b"},
 		},
 		{
+			desc: "a reconnected proxy at the current version is sent it once the snapshot exists",
+			run: func(t *testing.T, c *sharedCache, s *testStream) []string {
+				s.watch(t, c, "n", resource.ClusterType, "v1")
+				s.watch(t, c, "n", resource.EndpointType, "v1", "a")
+				c.SetSnapshot("n", v1)
+				first := s.next(t)
+				s.watch(t, c, "n", resource.ClusterType, "v1")
+				s.watch(t, c, "n", resource.EndpointType, "v1", "a")
+				c.SetSnapshot("n", v1) // an ACKed stream is not sent the same version again
+				return append(first, s.next(t)...)
+			},
+			want: []string{"cluster@v1:a,b", "endpoint@v1:a"},
+		},
+		{
 			desc: "a cleared node forgets its watches",
 			run: func(t *testing.T, c *sharedCache, s *testStream) []string {
 				s.watch(t, c, "n", resource.ClusterType, "")
