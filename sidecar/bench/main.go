@@ -1,8 +1,9 @@
 // Command bench measures the sidecar's resource use and added latency at a
 // fixed request rate: it builds and starts the real control plane and
-// sidecar binaries, an in-process app and token issuer, then drives a
-// fixed-rate (open-loop) load at the app directly and through the
-// sidecar's inbound listener (token verified on every request), and
+// sidecar binaries, the app (this program with -serve-app) and an
+// in-process token issuer, then drives a fixed-rate (open-loop) load at the
+// app directly and through the sidecar's inbound listener (token verified
+// on every request) at the same time, and
 // reports p50/p99/p99.9 latencies, the added latency, and the sidecar's
 // RSS and CPU from /proc. Linux only.
 //
@@ -11,6 +12,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -53,14 +55,25 @@ func run(ctx context.Context) error {
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the sidecar during the measured window to this file")
 	heapProfile := flag.String("heapprofile", "", "write a heap profile and a goroutine dump (<file>.goroutines) of the sidecar at the end of the measured window")
 	cpus := flag.Int("sidecar-cpus", 0, "the sidecar's -cpus (GOMAXPROCS); 0 keeps the sidecar's default")
+	sidecarBin := flag.String("sidecar-bin", "", "run this sidecar binary instead of building ./sidecar/cmd/sidecar (e.g. an older build, for a before/after comparison)")
+	sequential := flag.Bool("sequential", false, "measure the app directly first and then through the sidecar, instead of both at once")
+	serveApp := flag.Bool("serve-app", false, "internal: serve the benchmark app (the bench starts itself with it as a child process)")
 	flag.Parse()
+	if *serveApp {
+		return runApp(ctx)
+	}
 
 	dir, err := os.MkdirTemp("", "petmesh-bench-")
 	if err != nil {
 		return err
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
-	for _, pkg := range []string{"./controlplane/cmd/controlplane", "./sidecar/cmd/sidecar"} {
+	pkgs := []string{"./controlplane/cmd/controlplane", "./sidecar/cmd/sidecar"}
+	scBin := filepath.Join(dir, "sidecar")
+	if *sidecarBin != "" {
+		pkgs, scBin = pkgs[:1], *sidecarBin
+	}
+	for _, pkg := range pkgs {
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", dir, pkg)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
@@ -86,17 +99,19 @@ func run(ctx context.Context) error {
 	}
 	defer closeJWKS()
 
-	// The app: a small JSON answer, like a cached GET.
-	body := []byte(`{"id":"42","name":"Rex","species":"Dog","age":3,"tags":["good","boy"]}`)
-	appURL, closeApp, err := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(body)
-	}))
+	// The app runs in its own process (this program with -serve-app), so
+	// that it does not share a Go runtime with the load generator.
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	defer closeApp()
-	appAddr := strings.TrimPrefix(appURL, "http://")
+	app, err := start(ctx, self, []string{"-serve-app"}, "http")
+	if err != nil {
+		return err
+	}
+	defer app.stop()
+	appAddr := app.addrs["http"]
+	appURL := "http://" + appAddr
 
 	table := filepath.Join(dir, "table.yaml")
 	if err := os.WriteFile(table, []byte("routes:\n  - name: pets\n    match: {prefix: /pets}\n    targets: [{service: pets}]\nservices:\n  pets:\n    bulkhead: {max_concurrent: 1024}\n"), 0o600); err != nil {
@@ -121,7 +136,7 @@ func run(ctx context.Context) error {
 	if *cpus > 0 {
 		scArgs = append(scArgs, "-cpus", strconv.Itoa(*cpus))
 	}
-	sc, err := start(ctx, filepath.Join(dir, "sidecar"), scArgs, "inbound", "outbound", "admin")
+	sc, err := start(ctx, scBin, scArgs, "inbound", "outbound", "admin")
 	if err != nil {
 		return err
 	}
@@ -135,17 +150,36 @@ func run(ctx context.Context) error {
 	if *cpus > 0 {
 		scCPUs = fmt.Sprintf("-cpus %d", *cpus)
 	}
-	fmt.Printf("petmesh sidecar benchmark: %d rps open-loop, %v measured after %v warm-up, sidecar %s on a %d-CPU machine, access log %v, admin http://%s\n",
-		*rps, *dur, *warm, scCPUs, numCPU(), *accessLog, sc.addrs["admin"])
+	mode := "direct and via the sidecar at the same time"
+	if *sequential {
+		mode = "direct first, then via the sidecar"
+	}
+	fmt.Printf("petmesh sidecar benchmark: %d rps open-loop per target (%s), %v measured after %v warm-up, sidecar %s on a %d-CPU machine, access log %v, admin http://%s\n",
+		*rps, mode, *dur, *warm, scCPUs, numCPU(), *accessLog, sc.addrs["admin"])
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("machine load average at start: %s", b)
 	}
 
-	direct, err := load(ctx, appURL+"/pets/42", nil, *rps, *warm, *dur, nil)
-	if err != nil {
-		return err
+	// Both loads run at the same time by default, so that the direct and
+	// the sidecar figures see the same machine (a shared machine's load
+	// changes from one minute to the next); -sequential runs the direct
+	// load first, alone.
+	var direct *result
+	directErr := make(chan error, 1)
+	runDirect := func() {
+		var err error
+		direct, err = load(ctx, appURL+"/pets/42", nil, *rps, *warm, *dur, nil)
+		directErr <- err
 	}
-	var cpu0, cpu1 float64
+	if *sequential {
+		runDirect()
+		if err := <-directErr; err != nil {
+			return err
+		}
+	} else {
+		go runDirect()
+	}
+	var cpu0, cpu1 cpuTimes
 	var maxRSS int64
 	via, err := load(ctx, "http://"+sc.addrs["inbound"]+"/pets/42", hdr, *rps, *warm, *dur, func(phase string) {
 		switch phase {
@@ -167,13 +201,38 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if !*sequential {
+		if err := <-directErr; err != nil {
+			return err
+		}
+	}
 	fmt.Printf("\n%-22s %8s %8s %8s %8s %8s %7s\n", "target", "sent", "errors", "p50", "p90", "p99", "p99.9")
 	direct.print("app direct")
 	via.print("sidecar inbound (JWT)")
 	fmt.Printf("\nadded latency by the sidecar: p50 %v, p99 %v\n",
 		(via.q(0.50) - direct.q(0.50)).Round(time.Microsecond), (via.q(0.99) - direct.q(0.99)).Round(time.Microsecond))
-	fmt.Printf("sidecar CPU: %.3f vCPU (utime+stime over the measured window)\n", (cpu1-cpu0)/dur.Seconds())
-	fmt.Printf("sidecar RSS: max %.1f MB during the window, %.1f MB at the end\n", float64(maxRSS)/1024, float64(rssKB(sc.cmd.Process.Pid))/1024)
+	user, sys := (cpu1.user-cpu0.user)/dur.Seconds(), (cpu1.sys-cpu0.sys)/dur.Seconds()
+	fmt.Printf("sidecar CPU: %.3f vCPU (utime+stime over the measured window: user %.3f, system %.3f), %.0f µs per request\n",
+		user+sys, user, sys, (user+sys)*1e6/float64(*rps))
+	if vcs, ivcs := ctxSwitches(sc.cmd.Process.Pid); vcs > 0 {
+		fmt.Printf("sidecar context switches since start: %d voluntary, %d involuntary\n", vcs, ivcs)
+	}
+	fmt.Printf("sidecar RSS: max %.1f MB during the window, %.1f MB at the end (%s)\n", float64(maxRSS)/1024, float64(rssKB(sc.cmd.Process.Pid))/1024, rssParts(sc.cmd.Process.Pid))
+	if b, err := httpGet("http://" + sc.addrs["admin"] + "/metrics"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			for _, m := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes ", "go_goroutines ", "go_memstats_sys_bytes "} {
+				if strings.HasPrefix(line, m) {
+					v, _ := strconv.ParseFloat(strings.TrimPrefix(line, m), 64)
+					if m == "go_goroutines " {
+						fmt.Printf("  %s%.0f", m, v)
+					} else {
+						fmt.Printf("  %s%.1f MB", m, v/(1<<20))
+					}
+				}
+			}
+		}
+		fmt.Println()
+	}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("machine load average at the end: %s", b)
 	}
@@ -314,8 +373,14 @@ func start(ctx context.Context, bin string, args []string, names ...string) (*pr
 		closed := false
 		var mu sync.Mutex
 		for sc.Scan() {
+			// Only "listening" lines are decoded: the access log runs
+			// through here at the benchmark's rate.
+			line := sc.Bytes()
+			if bytes.Contains(line, []byte(`"msg":"access"`)) {
+				continue
+			}
 			var rec struct{ Msg, Name, Addr string }
-			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "listening" {
+			if bytes.Contains(line, []byte(`"listening"`)) && json.Unmarshal(line, &rec) == nil && rec.Msg == "listening" {
 				mu.Lock()
 				p.addrs[rec.Name] = rec.Addr
 				all := true
@@ -356,6 +421,23 @@ func fetchProfile(admin string, d time.Duration, file string) {
 	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	_ = os.WriteFile(file, b, 0o600)
+}
+
+// runApp serves the app, a small JSON answer like a cached GET, until ctx
+// is done, announcing its address as a "listening" line.
+func runApp(ctx context.Context) error {
+	body := []byte(`{"id":"42","name":"Rex","species":"Dog","age":3,"tags":["good","boy"]}`)
+	url, closeApp, err := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	}))
+	if err != nil {
+		return err
+	}
+	defer closeApp()
+	fmt.Printf("{\"msg\":\"listening\",\"name\":\"http\",\"addr\":%q}\n", strings.TrimPrefix(url, "http://"))
+	<-ctx.Done()
+	return nil
 }
 
 // save writes the body of GET url to file.
@@ -399,17 +481,69 @@ func waitReady(ctx context.Context, url string) error {
 	return errors.New("sidecar not ready within 30s")
 }
 
-// cpuSeconds is utime+stime of pid from /proc/<pid>/stat.
-func cpuSeconds(pid int) float64 {
+type cpuTimes struct{ user, sys float64 }
+
+// cpuSeconds is utime and stime of pid from /proc/<pid>/stat.
+func cpuSeconds(pid int) cpuTimes {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return cpuTimes{}
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
+	return cpuTimes{user: ut / 100, sys: st / 100} // USER_HZ
+}
+
+// ctxSwitches sums the voluntary and involuntary context switches of every
+// thread of pid.
+func ctxSwitches(pid int) (vol, invol int64) {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				vol += n
+			} else if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				invol += n
+			}
+		}
+	}
+	return vol, invol
+}
+
+// rssParts is the anonymous and file-backed (the mapped binary) parts of
+// pid's RSS.
+func rssParts(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return ""
+	}
+	var parts []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		for _, k := range []string{"RssAnon:", "RssFile:"} {
+			if v, ok := strings.CutPrefix(line, k); ok {
+				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				parts = append(parts, fmt.Sprintf("%s %.1f MB", strings.TrimSuffix(k, ":"), float64(n)/1024))
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func httpGet(url string) ([]byte, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	return io.ReadAll(resp.Body)
 }
 
 // rssKB is VmRSS of pid in KiB.

@@ -1,0 +1,61 @@
+package sidecar
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestCPUsFlag(t *testing.T) {
+	base := []string{"-service", "pets", "-app-addr", "127.0.0.1:7001", "-registry", "none"}
+	tests := []struct {
+		desc    string
+		args    []string
+		env     map[string]string
+		want    int
+		wantErr string
+	}{
+		{desc: "default keeps the Go default", want: 0},
+		{desc: "flag", args: []string{"-cpus", "1"}, want: 1},
+		{desc: "environment variable", env: map[string]string{"SIDECAR_CPUS": "2"}, want: 2},
+		{desc: "negative is refused naming the flag", args: []string{"-cpus", "-1"}, wantErr: "-cpus"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			c, err := parseConfig(append(append([]string{}, base...), tc.args...), func(k string) string { return tc.env[k] }, io.Discard)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.CPUs != tc.want {
+				t.Fatalf("CPUs %d, want %d", c.CPUs, tc.want)
+			}
+		})
+	}
+}
+
+func TestTracesExported(t *testing.T) {
+	tests := []struct {
+		desc string
+		env  map[string]string
+		want bool
+	}{
+		{desc: "nothing set", want: false},
+		{desc: "exporter otlp", env: map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, want: true},
+		{desc: "endpoint", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, want: true},
+		{desc: "traces endpoint", env: map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"}, want: true},
+		{desc: "exporter none wins over an endpoint", env: map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, want: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			if got := tracesExported(func(k string) string { return tc.env[k] }); got != tc.want {
+				t.Fatalf("tracesExported = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
