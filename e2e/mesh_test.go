@@ -464,6 +464,26 @@ func (m *mesh) edgeEndpoint(addr string) (present, edsHealthy, healthy bool, err
 	return false, false, false, nil
 }
 
+// edgeEndpoints counts the EDS-healthy endpoints of cluster pets at the
+// edge.
+func (m *mesh) edgeEndpoints() (int, error) {
+	var out struct {
+		State map[string][]struct {
+			EDSHealthy bool `json:"eds_healthy"`
+		} `json:"endpoint_state"`
+	}
+	if err := m.getJSON("http://"+m.a.EdgeAdmin+"/config_dump", "", &out); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, ep := range out.State["pets"] {
+		if ep.EDSHealthy {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // instanceServing checks that an instance is registered passing and a
 // healthy endpoint at the edge.
 func (m *mesh) instanceServing(i launcher.Instance) error {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -331,10 +332,31 @@ func testControlPlaneRestart(t *testing.T, m *mesh) {
 		t.Errorf("%d requests failed while the control plane was down", fail)
 	}
 
+	// Watch the edge's pets endpoints through the restart: the restarted
+	// control plane must not send them empty (the built-in registry is
+	// empty until the sidecars' next heartbeats).
+	minEndpoints := make(chan int, 1)
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	go func() {
+		least := 2
+		for watchCtx.Err() == nil {
+			n, err := m.edgeEndpoints()
+			if err == nil && n < least {
+				least = n
+			}
+			time.Sleep(10 * time.Millisecond) // sampling period, not a readiness wait
+		}
+		minEndpoints <- least
+	}()
 	if err := m.l.Start(testutil.Context(t), cp); err != nil {
 		t.Fatalf("restart the control plane: %v", err)
 	}
 	testutil.Eventually(t, 20*time.Second, func() error { return m.allSynced(version) })
+	stopWatch()
+	if least := <-minEndpoints; least < 2 {
+		t.Errorf("the edge had %d EDS-healthy pets endpoints at some point after the restart, want 2 throughout", least)
+	}
 	testutil.Eventually(t, 10*time.Second, func() error {
 		for _, i := range []launcher.Instance{m.pets1, m.pets2} {
 			if err := m.instanceServing(i); err != nil {
