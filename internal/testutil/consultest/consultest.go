@@ -32,13 +32,15 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/petmesh/petmesh/internal/testutil"
 )
 
 // EnvBin names the environment variable holding the consul binary path.
 const EnvBin = "PETMESH_CONSUL_BIN"
 
 // EnvRequireReal, when "1", turns a missing binary into a test failure.
-const EnvRequireReal = "PETMESH_REQUIRE_REAL"
+const EnvRequireReal = testutil.EnvRequireReal
 
 // Options configure StartWith.
 type Options struct {
@@ -77,17 +79,7 @@ type ports struct {
 // failing t when it is unset (see the package doc).
 func Bin(t testing.TB) string {
 	t.Helper()
-	bin := os.Getenv(EnvBin)
-	if bin == "" {
-		if os.Getenv(EnvRequireReal) == "1" {
-			t.Fatalf("%s is not set and %s=1; build consul with scripts/tool.sh consul", EnvBin, EnvRequireReal)
-		}
-		t.Skipf("%s not set; skipping test that needs a real Consul agent", EnvBin)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("%s=%s: %v", EnvBin, bin, err)
-	}
-	return bin
+	return testutil.RealBinary(t, EnvBin, "Consul agent", "build consul with scripts/tool.sh consul")
 }
 
 // Start starts a dev-mode agent and waits for it to elect itself leader.

@@ -10,6 +10,8 @@
 package jaegertest
 
 import (
+	"github.com/petmesh/petmesh/internal/testutil"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -34,7 +36,7 @@ import (
 const EnvBin = "PETMESH_JAEGER_BIN"
 
 // EnvRequireReal, when "1", turns a missing binary into a test failure.
-const EnvRequireReal = "PETMESH_REQUIRE_REAL"
+const EnvRequireReal = testutil.EnvRequireReal
 
 // Jaeger is a running Jaeger. Its methods are safe for concurrent use.
 type Jaeger struct {
@@ -55,17 +57,7 @@ type ports struct {
 // failing t when it is unset (see the package doc).
 func Bin(t testing.TB) string {
 	t.Helper()
-	bin := os.Getenv(EnvBin)
-	if bin == "" {
-		if os.Getenv(EnvRequireReal) == "1" {
-			t.Fatalf("%s is not set and %s=1; build jaeger with scripts/tool.sh jaeger", EnvBin, EnvRequireReal)
-		}
-		t.Skipf("%s not set; skipping test that needs a real Jaeger", EnvBin)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("%s=%s: %v", EnvBin, bin, err)
-	}
-	return bin
+	return testutil.RealBinary(t, EnvBin, "Jaeger", "build jaeger with scripts/tool.sh jaeger")
 }
 
 // Start starts Jaeger and waits until its health check reports ready and
