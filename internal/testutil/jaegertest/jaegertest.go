@@ -10,8 +10,6 @@
 package jaegertest
 
 import (
-	"github.com/petmesh/petmesh/internal/testutil"
-
 	"bytes"
 	"context"
 	"encoding/json"
@@ -29,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/observability"
 )
 
