@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -215,6 +216,32 @@ func sidecar(svc, inst string) *core.Node {
 }
 
 // render is every resource a client holds, as protojson by type and name.
+// complete waits until the client holds a load assignment for every EDS
+// cluster it has: a route version is ACKed with its clusters before the
+// endpoints of new clusters arrive, so a snapshot taken right after
+// waitSynced may still be warming.
+func complete(t *testing.T, c *client.Client) *client.Snapshot {
+	t.Helper()
+	var s *client.Snapshot
+	tu.Eventually(t, 10*time.Second, func() error {
+		s = c.Current()
+		for name, cl := range s.Clusters {
+			if cl.GetType() != clusterv3.Cluster_EDS {
+				continue
+			}
+			svc := cl.GetEdsClusterConfig().GetServiceName()
+			if svc == "" {
+				svc = name
+			}
+			if _, ok := s.Endpoints[svc]; !ok {
+				return fmt.Errorf("no load assignment yet for EDS cluster %s", name)
+			}
+		}
+		return nil
+	})
+	return s
+}
+
 func render(t *testing.T, s *client.Snapshot) string {
 	t.Helper()
 	var lines []string
@@ -518,7 +545,7 @@ func TestControlPlaneFileStore(t *testing.T) {
 
 	t.Run("restart serves the same version and proxies resync", func(t *testing.T) {
 		want := currentVersion(t, api, a.viewer)
-		held := render(t, e.c.Current())
+		held := render(t, complete(t, e.c))
 		stop(t, cp)
 		cp2 := startCP(t, xdsAddr, append(a.args(), "-store", "file", "-store-dir", storeDir)...)
 		api2 := cp2.URL("api")
@@ -557,7 +584,7 @@ func TestControlPlaneConsul(t *testing.T) {
 		t.Fatalf("apply: exit %d\n%s%s", code, out, errOut)
 	}
 	waitSynced(t, api, a.viewer, v1+1, e)
-	held := render(t, e.c.Current())
+	held := render(t, complete(t, e.c))
 
 	stop(t, cp)
 	cp2 := startCP(t, xdsAddr, args...)
@@ -565,7 +592,11 @@ func TestControlPlaneConsul(t *testing.T) {
 		t.Fatalf("version after restart %d, want %d", got, v1+1)
 	}
 	waitSynced(t, cp2.URL("api"), a.viewer, v1+1, e)
-	if got := render(t, e.c.Current()); got != held {
-		t.Fatalf("resources differ after restart:\n%s\n---\n%s", held, got)
-	}
+	var got string
+	tu.Eventually(t, 10*time.Second, func() error {
+		if got = render(t, complete(t, e.c)); got != held {
+			return errors.New("resources differ after restart")
+		}
+		return nil
+	})
 }
