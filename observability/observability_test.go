@@ -93,7 +93,7 @@ func TestPrometheusConfigs(t *testing.T) {
 		targets []string
 	}{
 		{desc: "compose", file: "prometheus.yml", targets: []string{"edge:8081", "controlplane:18080", "pets-1:15000", "pets-2:7101", "sync:7102", "stats:7103", "stats:15000"}},
-		{desc: "local", file: "prometheus.local.yml", targets: []string{"127.0.0.1:8081", "127.0.0.1:18080", "127.0.0.1:7101", "127.0.0.1:7111", "127.0.0.1:7102", "127.0.0.1:7103", "127.0.0.1:15001", "127.0.0.1:15010", "127.0.0.1:8500"}},
+		{desc: "local", file: "prometheus.local.yml", targets: []string{"127.0.0.1:8081", "127.0.0.1:18080", "127.0.0.1:7101", "127.0.0.1:7111", "127.0.0.1:7102", "127.0.0.1:7103", "127.0.0.1:15010", "127.0.0.1:15020", "127.0.0.1:15030", "127.0.0.1:15040", "127.0.0.1:8500"}},
 	}
 	alerts, err := os.ReadFile(filepath.Join("prometheus", "alerts.yml"))
 	if err != nil {
