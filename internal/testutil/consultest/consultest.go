@@ -66,7 +66,7 @@ type Agent struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
-	out  *lockedBuffer
+	out  *testutil.SyncBuffer
 	// outputs of earlier runs (before Restart), kept for failure logs.
 	history []string
 }
@@ -144,7 +144,7 @@ func (a *Agent) args() []string {
 
 func (a *Agent) start() error {
 	cmd := exec.Command(a.bin, a.args()...)
-	out := &lockedBuffer{}
+	out := &testutil.SyncBuffer{}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	if err := cmd.Start(); err != nil {
@@ -338,21 +338,4 @@ func freePorts() (ports, error) {
 		got = append(got, port)
 	}
 	return ports{http: got[0], serfLAN: got[1], serfWAN: got[2], server: got[3]}, nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -23,7 +23,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,7 +44,7 @@ type Jaeger struct {
 
 	cmd  *exec.Cmd
 	done chan struct{}
-	out  *lockedBuffer
+	out  *testutil.SyncBuffer
 }
 
 type ports struct {
@@ -110,7 +109,7 @@ func (j *Jaeger) env() []string {
 func (j *Jaeger) start(bin, cfg string) error {
 	cmd := exec.Command(bin, "--config", "file:"+cfg)
 	cmd.Env = append(os.Environ(), j.env()...)
-	out := &lockedBuffer{}
+	out := &testutil.SyncBuffer{}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	if err := cmd.Start(); err != nil {
@@ -421,21 +420,4 @@ func freePorts() (ports, error) {
 		got = append(got, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports{otlpGRPC: got[0], otlpHTTP: got[1], queryHTTP: got[2], queryGRPC: got[3], health: got[4], metrics: got[5]}, nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -25,11 +25,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/petmesh/petmesh/internal/testutil"
 )
 
 // EnvRequireReal, when "1", turns a missing prometheus binary into a test
@@ -59,7 +60,7 @@ type Prometheus struct {
 
 	cmd  *exec.Cmd
 	done chan struct{}
-	out  *lockedBuffer
+	out  *testutil.SyncBuffer
 }
 
 // Bin returns the path of prometheus on PATH, skipping or failing t when
@@ -194,7 +195,7 @@ func (p *Prometheus) start(bin, data string, timeout time.Duration) error {
 		"--web.enable-lifecycle",
 		"--log.level=warn",
 	)
-	out := &lockedBuffer{}
+	out := &testutil.SyncBuffer{}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	if err := cmd.Start(); err != nil {
@@ -547,21 +548,4 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
