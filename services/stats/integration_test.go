@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -229,16 +228,8 @@ func TestBinaryBadConfig(t *testing.T) {
 }
 
 // TestBinaryWithRealPets runs stats against a real pets binary seeded
-// through POST /pets:batchUpsert. It skips only when the pets command is
-// not in the tree.
+// through POST /pets:batchUpsert.
 func TestBinaryWithRealPets(t *testing.T) {
-	root := testutil.RepoRoot(t)
-	if _, err := os.Stat(filepath.Join(root, "services/pets/cmd/pets/main.go")); err != nil {
-		if os.Getenv("PETMESH_REQUIRE_REAL") == "1" {
-			t.Fatalf("pets binary source missing: %v", err)
-		}
-		t.Skip("services/pets/cmd/pets does not exist yet")
-	}
 	dir := t.TempDir()
 	petsBin := testutil.BuildBinary(t, "./services/pets/cmd/pets")
 	pets := testutil.Start(t, petsBin, testutil.StartOptions{
