@@ -3,63 +3,14 @@ package syncsvc
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net"
-	"os"
-	"strconv"
 	"testing"
 	"time"
 
-	consul "github.com/hashicorp/consul/api"
-
-	"github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/consultest"
 )
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-}
-
-// startConsul runs a dev agent on free ports and waits for a leader.
-func startConsul(t *testing.T) *consul.Client {
-	t.Helper()
-	bin := os.Getenv("PETMESH_CONSUL_BIN")
-	if bin == "" {
-		if os.Getenv("PETMESH_REQUIRE_REAL") == "1" {
-			t.Fatal("PETMESH_CONSUL_BIN is not set and PETMESH_REQUIRE_REAL=1")
-		}
-		t.Skip("PETMESH_CONSUL_BIN is not set")
-	}
-	httpPort := freePort(t)
-	testutil.Start(t, bin, testutil.StartOptions{Args: []string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-http-port", httpPort, "-grpc-port", "-1", "-dns-port", "-1",
-		"-serf-lan-port", freePort(t), "-serf-wan-port", freePort(t), "-server-port", freePort(t)}})
-	cfg := consul.DefaultConfig()
-	cfg.Address = "127.0.0.1:" + httpPort
-	client, err := consul.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 60*time.Second, func() error {
-		leader, err := client.Status().Leader()
-		if err != nil {
-			return err
-		}
-		if leader == "" {
-			return fmt.Errorf("no leader yet")
-		}
-		return nil
-	})
-	return client
-}
-
 func TestConsulLocker(t *testing.T) {
-	client := startConsul(t)
+	client := consultest.Start(t).Client()
 	ctx := context.Background()
 	a := &ConsulLocker{Client: client, Key: "petmesh/sync/test-leader", Holder: "a", SessionTTL: 10 * time.Second}
 	b := &ConsulLocker{Client: client, Key: "petmesh/sync/test-leader", Holder: "b", SessionTTL: 10 * time.Second}
