@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds a pinned tool (consul, jaeger) from its Go module into the cache,
+# Builds a pinned tool (consul, jaeger, traefik) from its Go module into the cache,
 # keyed by version, and prints the binary's path. Cached after the first
 # build; CI on a fresh machine builds it from scratch.
-#   scripts/tool.sh consul|jaeger
+#   scripts/tool.sh consul|jaeger|traefik
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${PETMESH_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/petmesh}
@@ -10,6 +10,7 @@ name=$1
 case $name in
 consul) pkg=github.com/hashicorp/consul ;;
 jaeger) pkg=github.com/jaegertracing/jaeger/cmd/jaeger ;;
+traefik) pkg=github.com/traefik/traefik/v3/cmd/traefik ;; # optional: make bench BENCH_TRAEFIK=1
 *) echo "unknown tool $name" >&2; exit 2 ;;
 esac
 moddir=$root/tools/$name
