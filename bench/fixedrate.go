@@ -1,0 +1,191 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// FixedRateConfig describes one open-loop fixed-rate load.
+type FixedRateConfig struct {
+	URL    string
+	Header http.Header
+	Rate   int           // requests per second, > 0
+	Lead   time.Duration // sent at the same rate before the measured window, not recorded (opens connections)
+	// Duration is the measured window: Rate × Duration requests are recorded.
+	Duration time.Duration
+	// Timeout bounds one request (default 10s); a timed-out request is an error.
+	Timeout time.Duration
+	// MaxInFlight bounds the requests outstanding at once (default 20,000);
+	// a request that would exceed it is not sent and counts as an error, so
+	// a stalled target cannot make the generator grow without bound.
+	MaxInFlight int
+}
+
+// FixedRateResult is the outcome of a fixed-rate load. Latency is measured
+// from each request's intended send time (start + i/rate), not from when it
+// was actually sent, so a stall of the target or of the generator shows in
+// the percentiles of every request that should have been sent meanwhile
+// (no coordinated omission). Service is measured from the actual send.
+type FixedRateResult struct {
+	Sent    int64         `json:"sent"`
+	OK      int64         `json:"ok"`
+	Errors  int64         `json:"errors"`
+	First   string        `json:"first_error,omitempty"`
+	Latency Percentiles   `json:"latency"`
+	Service Percentiles   `json:"service_time"`
+	Elapsed time.Duration `json:"-"`
+	// Achieved is OK responses per second of the measured window.
+	Achieved float64 `json:"achieved_rps"`
+	// MaxLateness is how late the generator itself sent a request behind
+	// its schedule at worst: large values mean the generator (or the
+	// machine) could not keep the rate, which the latency then includes.
+	MaxLateness time.Duration `json:"-"`
+}
+
+// Percentiles in milliseconds.
+type Percentiles struct {
+	P50  float64 `json:"p50_ms"`
+	P90  float64 `json:"p90_ms"`
+	P99  float64 `json:"p99_ms"`
+	P999 float64 `json:"p999_ms"`
+	Max  float64 `json:"max_ms"`
+}
+
+// newHistogram records microseconds from 1µs to 2 minutes with three
+// significant digits (HdrHistogram: relative error ≤ 0.1%).
+func newHistogram() *hdrhistogram.Histogram {
+	return hdrhistogram.New(1, int64(2*time.Minute/time.Microsecond), 3)
+}
+
+func percentiles(h *hdrhistogram.Histogram) Percentiles {
+	if h.TotalCount() == 0 {
+		return Percentiles{}
+	}
+	ms := func(us int64) float64 { return float64(us) / 1000 }
+	return Percentiles{
+		P50:  ms(h.ValueAtQuantile(50)),
+		P90:  ms(h.ValueAtQuantile(90)),
+		P99:  ms(h.ValueAtQuantile(99)),
+		P999: ms(h.ValueAtQuantile(99.9)),
+		Max:  ms(h.Max()),
+	}
+}
+
+// FixedRate sends GET requests to cfg.URL at cfg.Rate per second on a
+// fixed schedule (open loop: each request on its own goroutine, whether
+// or not earlier ones have completed; keep-alive connections, a new one
+// opened whenever all are busy, as a real population of clients would),
+// and records every request of the measured window. Any status other than
+// 200 is an error. It returns when every sent request has completed or
+// timed out; ctx cancels it.
+func FixedRate(ctx context.Context, cfg FixedRateConfig) (*FixedRateResult, error) {
+	if cfg.Rate <= 0 || cfg.Duration <= 0 {
+		return nil, fmt.Errorf("fixed rate: rate %d and duration %v must be positive", cfg.Rate, cfg.Duration)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 20000
+	}
+	tr := &http.Transport{
+		MaxIdleConns: cfg.MaxInFlight, MaxIdleConnsPerHost: cfg.MaxInFlight, IdleConnTimeout: time.Minute,
+		DisableCompression: true, ResponseHeaderTimeout: cfg.Timeout,
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: cfg.Timeout}
+
+	interval := time.Second / time.Duration(cfg.Rate)
+	lead := int64(cfg.Lead / interval)
+	total := lead + int64(cfg.Duration/interval)
+	res := &FixedRateResult{}
+	lat, svc := newHistogram(), newHistogram()
+	var mu sync.Mutex
+	record := func(intended, sent time.Time, err error) {
+		now := time.Now()
+		mu.Lock()
+		defer mu.Unlock()
+		res.Sent++
+		if err != nil {
+			res.Errors++
+			if res.First == "" {
+				res.First = err.Error()
+			}
+			return
+		}
+		res.OK++
+		_ = lat.RecordValue(max(now.Sub(intended).Microseconds(), 1)) // above 2 min: clamped by Max below
+		_ = svc.RecordValue(max(now.Sub(sent).Microseconds(), 1))
+	}
+
+	sem := make(chan struct{}, cfg.MaxInFlight)
+	var wg sync.WaitGroup
+	start := time.Now()
+	var measuredFrom time.Time
+	for i := int64(0); i < total; i++ {
+		intended := start.Add(time.Duration(i) * interval)
+		if d := time.Until(intended); d > 0 {
+			select {
+			case <-ctx.Done():
+				wg.Wait()
+				return nil, ctx.Err()
+			case <-time.After(d):
+			}
+		}
+		if late := time.Since(intended); late > res.MaxLateness && i >= lead {
+			res.MaxLateness = late
+		}
+		if i == lead {
+			measuredFrom = intended
+		}
+		measure := i >= lead
+		select {
+		case sem <- struct{}{}:
+		default:
+			if measure {
+				record(intended, intended, errors.New("generator: too many requests in flight"))
+			}
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			sent := time.Now()
+			err := get(ctx, client, cfg.URL, cfg.Header)
+			if measure {
+				record(intended, sent, err)
+			}
+		})
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(measuredFrom)
+	res.Latency, res.Service = percentiles(lat), percentiles(svc)
+	res.Achieved = float64(res.OK) / cfg.Duration.Seconds()
+	return res, ctx.Err()
+}
+
+func get(ctx context.Context, client *http.Client, url string, hdr http.Header) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return err
+}
