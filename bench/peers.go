@@ -167,7 +167,7 @@ func startHAProxy(ctx context.Context, dir, haproxy string, backend int) (*targe
 	_, ncpu := CPUModel()
 	conf := fmt.Sprintf(`global
   nbthread %d
-  maxconn 20000
+  maxconn 4096
   log stdout format raw local0
 defaults
   mode http
@@ -216,7 +216,6 @@ func startCaddy(ctx context.Context, dir, caddy string, backend int) (*target, e
 	conf := fmt.Sprintf(`{
 	admin off
 	auto_https off
-	persist_config off
 	log {
 		level ERROR
 	}
