@@ -38,16 +38,25 @@ build: ## Build every binary into bin/.
 .PHONY: run
 REGISTRY ?= builtin
 CONSUL_ENV = $(if $(filter consul,$(REGISTRY)),PETMESH_CONSUL_BIN=$$(scripts/tool.sh consul),)
+# OBS=1: also a real Jaeger (built once by scripts/tool.sh) and Prometheus
+# (make deps), every process's OTLP exporter pointed at that Jaeger.
+OBS ?=
+TRACE_RATIO ?= 1
+OBS_ON = $(filter 1 true,$(OBS))
+OBS_ENV = $(if $(OBS_ON),PETMESH_JAEGER_BIN=$$(scripts/tool.sh jaeger),)
+RUN_FLAGS = -bin $(BIN) -dir $(RUN_DIR) -registry $(REGISTRY) -trace-ratio $(TRACE_RATIO) \
+            $(if $(OBS_ON),-obs -prometheus-config $(CURDIR)/observability/prometheus/prometheus.local.yml)
 
-run: build ## Run the whole topology in the foreground (Ctrl-C stops it). REGISTRY=consul uses a real Consul.
-	$(CONSUL_ENV) $(BIN)/petmesh-dev -bin $(BIN) -dir $(RUN_DIR) -registry $(REGISTRY)
+run: build ## Run the whole topology in the foreground (Ctrl-C stops it). REGISTRY=consul: a real Consul; OBS=1: also Jaeger and Prometheus (TRACE_RATIO=0..1).
+	$(CONSUL_ENV) $(OBS_ENV) $(BIN)/petmesh-dev $(RUN_FLAGS)
 
 .PHONY: start
-start: build ## Start the same topology in the background (logs and pids under .run/).
+start: build ## Start the same topology in the background (logs and pids under .run/; OBS=1 likewise).
 	@mkdir -p $(RUN_DIR)
 	@if [ -f $(RUN_DIR)/petmesh-dev.pid ] && kill -0 $$(cat $(RUN_DIR)/petmesh-dev.pid) 2>/dev/null; then \
 	  echo "already running (pid $$(cat $(RUN_DIR)/petmesh-dev.pid))"; exit 1; fi
-	@$(CONSUL_ENV) nohup $(BIN)/petmesh-dev -bin $(BIN) -dir $(RUN_DIR) -registry $(REGISTRY) > $(RUN_DIR)/petmesh-dev.log 2>&1 & echo $$! > $(RUN_DIR)/petmesh-dev.pid
+	@$(if $(filter consul,$(REGISTRY)),scripts/tool.sh consul >/dev/null) $(if $(OBS_ON),scripts/tool.sh jaeger >/dev/null)
+	@$(CONSUL_ENV) $(OBS_ENV) nohup $(BIN)/petmesh-dev $(RUN_FLAGS) > $(RUN_DIR)/petmesh-dev.log 2>&1 & echo $$! > $(RUN_DIR)/petmesh-dev.pid
 	@for i in $$(seq 1 900); do grep -q "petmesh is up" $(RUN_DIR)/petmesh-dev.log 2>/dev/null && break; \
 	  kill -0 $$(cat $(RUN_DIR)/petmesh-dev.pid) 2>/dev/null || { cat $(RUN_DIR)/petmesh-dev.log; exit 1; }; sleep 0.2; done
 	@cat $(RUN_DIR)/petmesh-dev.log | grep -v '^{' || true

@@ -3,6 +3,7 @@ package launcher
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,15 +15,24 @@ import (
 	"github.com/petmesh/petmesh/internal/testutil"
 )
 
-// all returns every address of a, named.
+// all returns the addresses of a that a topology without Obs uses, named
+// (no Consul: only the consul topology has one; no observability).
 func (a Addrs) all() map[string]string {
-	m := map[string]string{"edge": a.Edge, "edge admin": a.EdgeAdmin, "xds": a.XDS, "api": a.API, "standin": a.Standin}
-	for _, i := range []struct {
-		name string
-		ia   InstanceAddrs
-	}{{"pets-1", a.Pets1}, {"pets-2", a.Pets2}, {"sync", a.Sync}, {"stats", a.Stats}} {
-		m[i.name+" app"], m[i.name+" app admin"] = i.ia.App, i.ia.AppAdmin
-		m[i.name+" sidecar admin"], m[i.name+" inbound"], m[i.name+" outbound"] = i.ia.SidecarAdmin, i.ia.Inbound, i.ia.Outbound
+	m := a.named()
+	delete(m, "consul")
+	for name := range a.obs() {
+		delete(m, name)
+	}
+	return m
+}
+
+// obs returns the observability addresses of a, named.
+func (a Addrs) obs() map[string]string {
+	m := map[string]string{}
+	for name, addr := range a.named() {
+		if name == "prometheus" || strings.HasPrefix(name, "jaeger ") {
+			m[name] = addr
+		}
 	}
 	return m
 }
@@ -42,7 +52,7 @@ func TestDevAddrsDocumented(t *testing.T) {
 	}
 	section := readme[start : start+1+end]
 	seen := map[string]string{}
-	for name, addr := range DevAddrs().all() {
+	for name, addr := range DevAddrs().named() {
 		_, port, err := net.SplitHostPort(addr)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -66,17 +76,22 @@ func TestTopologyUsesAddrs(t *testing.T) {
 		return InstanceAddrs{App: next(), AppAdmin: next(), SidecarAdmin: next(), Inbound: next(), Outbound: next()}
 	}
 	a := Addrs{Edge: next(), EdgeAdmin: next(), XDS: next(), API: next(), Standin: next(), Consul: next(),
-		Pets1: inst(), Pets2: inst(), Sync: inst(), Stats: inst()}
+		Pets1: inst(), Pets2: inst(), Sync: inst(), Stats: inst(),
+		Jaeger:     JaegerAddrs{UI: next(), OTLPGRPC: next(), OTLPHTTP: next(), QueryGRPC: next(), Health: next(), Metrics: next()},
+		Prometheus: next()}
 	for _, tc := range []struct {
 		desc, registry, consulBin string
+		obs                       bool
 		procs                     int
 	}{
 		{desc: "builtin", registry: "builtin", procs: 11},
 		{desc: "consul agent started", registry: "consul", consulBin: "/bin/consul", procs: 12},
 		{desc: "consul agent running", registry: "consul", procs: 11},
+		{desc: "builtin with jaeger and prometheus", registry: "builtin", obs: true, procs: 13},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
-			o := Options{BinDir: "/bin", RunDir: "/run", Registry: tc.registry, ConsulBin: tc.consulBin, Addrs: a}
+			o := Options{BinDir: "/bin", RunDir: "/run", Registry: tc.registry, ConsulBin: tc.consulBin, Addrs: a,
+				Obs: tc.obs, JaegerBin: "/bin/jaeger", PrometheusBin: "/bin/prometheus"}
 			procs := Topology(o)
 			if len(procs) != tc.procs {
 				t.Fatalf("%d processes, want %d", len(procs), tc.procs)
@@ -86,14 +101,26 @@ func TestTopologyUsesAddrs(t *testing.T) {
 				args.WriteString(strings.Join(p.Args, " ") + " " + strings.Join(p.Env, " ") + "\n")
 			}
 			all := args.String()
-			for name, addr := range DevAddrs().all() {
+			for name, addr := range DevAddrs().named() {
 				if strings.Contains(all, addr) {
 					t.Errorf("a process refers to the dev address of %s (%s)", name, addr)
 				}
 			}
-			for name, addr := range a.all() {
-				if !strings.Contains(all, addr) {
+			want := a.all()
+			if tc.obs {
+				maps.Copy(want, a.obs())
+			}
+			for name, addr := range want {
+				// Jaeger's metrics address is given as host and port.
+				if _, port, _ := net.SplitHostPort(addr); !strings.Contains(all, addr) && (name != "jaeger metrics" || !strings.Contains(all, "JAEGER_METRICS_PORT="+port)) {
 					t.Errorf("no process is given the address of %s (%s)", name, addr)
+				}
+			}
+			if !tc.obs {
+				for name, addr := range a.obs() {
+					if strings.Contains(all, addr) {
+						t.Errorf("without obs, a process is given the %s address %s", name, addr)
+					}
 				}
 			}
 			if tc.registry == "consul" && !strings.Contains(all, a.Consul) {

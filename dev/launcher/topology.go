@@ -43,6 +43,11 @@ type Addrs struct {
 	Consul string
 
 	Pets1, Pets2, Sync, Stats InstanceAddrs
+
+	// Jaeger and Prometheus are the listeners of the observability
+	// servers that Options.Obs starts.
+	Jaeger     JaegerAddrs
+	Prometheus string
 }
 
 // DevAddrs returns the fixed addresses of `make run`.
@@ -54,10 +59,11 @@ func DevAddrs() Addrs {
 	}
 	return Addrs{
 		Edge: EdgeAddr, EdgeAdmin: EdgeAdminAddr, XDS: XDSAddr, API: APIAddr, Standin: StandinAddr, Consul: ConsulAddr,
-		Pets1: inst(7001, 7101, 15010),
-		Pets2: inst(7011, 7111, 15020),
-		Sync:  inst(7002, 7102, 15030),
-		Stats: inst(7003, 7103, 15040),
+		Pets1:  inst(7001, 7101, 15010),
+		Pets2:  inst(7011, 7111, 15020),
+		Sync:   inst(7002, 7102, 15030),
+		Stats:  inst(7003, 7103, 15040),
+		Jaeger: devJaeger(), Prometheus: devPrometheus,
 	}
 }
 
@@ -116,7 +122,7 @@ func sidecar(o Options, a Addrs, i Instance) Proc {
 			"-registration-token-file", filepath.Join(o.RunDir, "etc", "registration-token"))
 	}
 	return Proc{Name: i.SidecarName(), Bin: "sidecar", Args: args,
-		Env:       []string{"SIDECAR_CLIENT_SECRET=" + devconfig.Secret(i.Service)},
+		Env:       append([]string{"SIDECAR_CLIENT_SECRET=" + devconfig.Secret(i.Service)}, telemetryEnv(o, "sidecar-"+i.Service, i.Name)...),
 		Listeners: []string{"inbound", "outbound", "admin"}}
 }
 
@@ -137,6 +143,7 @@ func App(o Options, i Instance) Proc {
 		// Dev-only secret of the Petfinder stand-in.
 		env = append(env, "SYNC_PETFINDER_CLIENT_SECRET=petmesh-dev-secret")
 	}
+	env = append(env, telemetryEnv(o, i.Service, i.Name)...)
 	return Proc{Name: i.Name, Bin: i.Service, Listeners: []string{"http", "admin"}, Args: args, Env: env}
 }
 
@@ -174,12 +181,17 @@ func Topology(o Options) []Proc {
 				"-data-dir", filepath.Join(data, "consul")},
 			Ready: httpReady("http://"+a.Consul+"/v1/status/leader", nil, func(body string) bool { return len(body) > 4 })})
 	}
+	if o.Obs {
+		// First, so that the processes' first spans have somewhere to go.
+		procs = append(procs, jaegerProc(o))
+	}
 	pets1, pets2, syncI, stats := a.Instances()
 	procs = append(procs,
 		Proc{Name: "petfinder-standin", Bin: "petfinder-standin", Listeners: []string{"http"},
-			Args: []string{"-addr", a.Standin}},
-		Proc{Name: "controlplane", Bin: "controlplane", Listeners: []string{"xds", "api"}, Args: cp},
-		Proc{Name: "edge", Bin: "edge", Listeners: []string{"http", "admin"},
+			Args: []string{"-addr", a.Standin}, Env: telemetryEnv(o, "petfinder-standin", "")},
+		Proc{Name: "controlplane", Bin: "controlplane", Listeners: []string{"xds", "api"}, Args: cp,
+			Env: telemetryEnv(o, "controlplane", "")},
+		Proc{Name: "edge", Bin: "edge", Listeners: []string{"http", "admin"}, Env: telemetryEnv(o, "edge", ""),
 			Args: []string{"-addr", a.Edge, "-admin-addr", a.EdgeAdmin, "-xds-addr", a.XDS, "-issuer", a.Issuer(),
 				"-users-file", filepath.Join(etc, "users.yaml"), "-service-accounts-file", filepath.Join(etc, "service-accounts.yaml"),
 				"-keys-dir", filepath.Join(data, "edge-keys"), "-stats-url", "http://" + stats.Addrs.Inbound, "-stats-direct=false"},
@@ -189,6 +201,10 @@ func Topology(o Options) []Proc {
 		App(o, stats), Sidecar(o, stats),
 		Sidecar(o, syncI), App(o, syncI),
 	)
+	if o.Obs {
+		// Last, so that its first scrape finds every target up.
+		procs = append(procs, prometheusProc(o))
+	}
 	return procs
 }
 
@@ -238,7 +254,7 @@ petmesh is up.
   sync, stats           app ` + a.Sync.App + `, ` + a.Stats.App + `   sidecar admin ` + a.Sync.SidecarAdmin + `, ` + a.Stats.SidecarAdmin + `
   Petfinder stand-in    http://` + a.Standin + `
   logs                  ` + filepath.Join(o.RunDir, "logs") + `
-
+` + obsBanner(o) + `
 Development users (dev only, from dev/config/users.yaml):
   alice / alice-dev   roles: viewer
   ops   / ops-dev     roles: admin, viewer
@@ -258,5 +274,20 @@ Try:
   bin/petctl routes history
 
 Ctrl-C (or make stop) stops everything.
+`
+}
+
+// obsBanner is the observability part of the banner: the Jaeger and
+// Prometheus URLs with Obs, the OTLP endpoint otherwise.
+func obsBanner(o Options) string {
+	a := o.addrs()
+	if !o.Obs {
+		if o.OTLPEndpoint == "" {
+			return "  traces                not exported (make run OBS=1 starts Jaeger and Prometheus)\n"
+		}
+		return "  traces                OTLP to " + o.OTLPEndpoint + " (sampled share " + o.traceRatio() + ")\n"
+	}
+	return `  Jaeger UI             http://` + a.Jaeger.UI + `   (OTLP gRPC ` + a.Jaeger.OTLPGRPC + `, OTLP HTTP http://` + a.Jaeger.OTLPHTTP + `; sampled share ` + o.traceRatio() + `)
+  Prometheus            http://` + a.Prometheus + `   (scrapes every process; alerts at /alerts)
 `
 }
