@@ -77,6 +77,10 @@ type Expr struct {
 	Source string
 	// PromQL is the expression as stored, possibly with Grafana macros.
 	PromQL string
+	// Alert is the alert rule's name; empty for a dashboard query or a
+	// recording rule. An alert may be empty by design while the mesh is
+	// healthy; see SplitThreshold.
+	Alert string
 }
 
 // Query returns the expression ready for Prometheus's query API, with
@@ -105,7 +109,7 @@ func Exprs() ([]Expr, error) {
 		if r.Alert == "" {
 			name = "record " + r.Record
 		}
-		out = append(out, Expr{Source: name, PromQL: r.Expr})
+		out = append(out, Expr{Source: name, PromQL: r.Expr, Alert: r.Alert})
 	}
 	return out, nil
 }
