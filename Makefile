@@ -55,7 +55,7 @@ start: build ## Start the same topology in the background (logs and pids under .
 	@mkdir -p $(RUN_DIR)
 	@if [ -f $(RUN_DIR)/petmesh-dev.pid ] && kill -0 $$(cat $(RUN_DIR)/petmesh-dev.pid) 2>/dev/null; then \
 	  echo "already running (pid $$(cat $(RUN_DIR)/petmesh-dev.pid))"; exit 1; fi
-	@$(if $(filter consul,$(REGISTRY)),scripts/tool.sh consul >/dev/null;) $(if $(OBS_ON),scripts/tool.sh jaeger >/dev/null;) true
+	@$(if $(filter consul,$(REGISTRY)),scripts/tool.sh consul >/dev/null &&) $(if $(OBS_ON),scripts/tool.sh jaeger >/dev/null &&) true
 	@$(CONSUL_ENV) $(OBS_ENV) nohup $(BIN)/petmesh-dev $(RUN_FLAGS) > $(RUN_DIR)/petmesh-dev.log 2>&1 & echo $$! > $(RUN_DIR)/petmesh-dev.pid
 	@for i in $$(seq 1 900); do grep -q "petmesh is up" $(RUN_DIR)/petmesh-dev.log 2>/dev/null && break; \
 	  kill -0 $$(cat $(RUN_DIR)/petmesh-dev.pid) 2>/dev/null || { cat $(RUN_DIR)/petmesh-dev.log; exit 1; }; sleep 0.2; done
