@@ -78,7 +78,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.String(&c.RegistrationTokenFile, "registration-token-file", "CONTROLPLANE_REGISTRATION_TOKEN_FILE", "", "file holding the registration token of /v1/registry/... (or set CONTROLPLANE_REGISTRATION_TOKEN)")
 	f.String(&c.RegistrationToken, "registration-token", "CONTROLPLANE_REGISTRATION_TOKEN", "", "registration token (prefer the file or the environment variable: flags show in ps)")
 	f.String(&c.InitialTable, "initial-table", "CONTROLPLANE_INITIAL_TABLE", "", "route table file stored as version 1 when the store is empty (default: the embedded default table)")
-	f.Duration(&c.DebounceQuiet, "debounce-quiet", "CONTROLPLANE_DEBOUNCE_QUIET", xds.DefaultQuietPeriod, "rebuild after no change has arrived for this long")
+	f.Duration(&c.DebounceQuiet, "debounce-quiet", "CONTROLPLANE_DEBOUNCE_QUIET", xds.DefaultQuietPeriod, "rebuild an isolated change after no other change has arrived for this long (0: at once)")
 	f.Duration(&c.DebounceMax, "debounce-max", "CONTROLPLANE_DEBOUNCE_MAX", xds.DefaultMaxDelay, "rebuild at the latest this long after the first pending change")
 	f.Duration(&c.NodeGrace, "node-grace", "CONTROLPLANE_NODE_GRACE", xds.DefaultNodeGrace, "keep a disconnected proxy's snapshot this long")
 	f.Duration(&c.StaleAfter, "stale-after", "CONTROLPLANE_STALE_AFTER", xds.DefaultStaleAfter, "report a proxy stale when it has not ACKed its latest configuration this long")
@@ -141,8 +141,8 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("-audience: at least one audience is required"))
 		}
 	}
-	if c.DebounceQuiet <= 0 {
-		errs = append(errs, fmt.Errorf("-debounce-quiet: must be positive, got %v", c.DebounceQuiet))
+	if c.DebounceQuiet < 0 {
+		errs = append(errs, fmt.Errorf("-debounce-quiet: must not be negative, got %v", c.DebounceQuiet))
 	}
 	if c.DebounceMax < c.DebounceQuiet {
 		errs = append(errs, fmt.Errorf("-debounce-max: must be at least -debounce-quiet (%v), got %v", c.DebounceQuiet, c.DebounceMax))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,10 +19,11 @@ import (
 // every node of the class: a change is serialised once per class, not
 // once per stream.
 type encodedType struct {
-	version string
-	names   []string     // sorted
-	anys    []*anypb.Any // in names order
-	index   map[string]int
+	version  string
+	names    []string     // sorted
+	anys     []*anypb.Any // in names order
+	index    map[string]int
+	returned map[string]string // every name at version: cloned for wildcard responses
 }
 
 // sharedCache is the server's cache.Cache: go-control-plane's state of
@@ -61,6 +63,11 @@ type sotwWatch struct {
 	req *discovery.DiscoveryRequest
 	sub cache.Subscription
 	out chan cache.Response
+	// complete is the version of the type's resources that the stream
+	// was found to have been sent in full (nothing unsent): while the
+	// watch is open its subscription does not change, and equal versions
+	// have equal names, so the check is not repeated at every snapshot.
+	complete string
 }
 
 var _ cache.Cache = (*sharedCache)(nil)
@@ -100,7 +107,11 @@ func (c *sharedCache) SetSnapshot(nodeID string, b *built) {
 	for _, t := range Types {
 		et := b.encoded[t]
 		for id, w := range n.watches {
-			if w.req.GetTypeUrl() != t || (et.version == w.req.GetVersionInfo() && !unsent(et, w.sub)) {
+			if w.req.GetTypeUrl() != t || et.version == w.complete {
+				continue
+			}
+			if et.version == w.req.GetVersionInfo() && !unsent(et, w.sub) {
+				w.complete = et.version
 				continue
 			}
 			c.respond(w, et)
@@ -131,9 +142,12 @@ func (c *sharedCache) CreateWatch(req *cache.Request, sub cache.Subscription, ou
 	defer n.mu.Unlock()
 	w := &sotwWatch{req: req, sub: sub, out: out}
 	if n.snap != nil {
-		if et := n.snap.encoded[req.GetTypeUrl()]; et != nil && (et.version != req.GetVersionInfo() || unsent(et, sub)) {
-			c.respond(w, et)
-			return func() {}, nil
+		if et := n.snap.encoded[req.GetTypeUrl()]; et != nil {
+			if et.version != req.GetVersionInfo() || unsent(et, sub) {
+				c.respond(w, et)
+				return func() {}, nil
+			}
+			w.complete = et.version
 		}
 	}
 	id := c.nextID.Add(1)
@@ -174,10 +188,7 @@ func (c *sharedCache) respond(w *sotwWatch, et *encodedType) {
 	r := &sharedResponse{req: w.req, version: et.version}
 	if w.sub.IsWildcard() || len(w.req.GetResourceNames()) == 0 {
 		r.anys = et.anys
-		r.returned = make(map[string]string, len(et.names))
-		for _, name := range et.names {
-			r.returned[name] = et.version
-		}
+		r.returned = maps.Clone(et.returned)
 	} else {
 		r.returned = make(map[string]string, len(w.req.GetResourceNames()))
 		idx := make([]int, 0, len(w.req.GetResourceNames()))

@@ -21,11 +21,12 @@ func testBuilt(t *testing.T, version string, names map[string][]string) *built {
 	t.Helper()
 	b := &built{encoded: map[string]*encodedType{}, versions: map[string]string{}}
 	for _, typ := range Types {
-		et := &encodedType{version: version, index: map[string]int{}}
+		et := &encodedType{version: version, index: map[string]int{}, returned: map[string]string{}}
 		for i, n := range names[typ] {
 			et.names = append(et.names, n)
 			et.anys = append(et.anys, &anypb.Any{TypeUrl: typ, Value: []byte(n)})
 			et.index[n] = i
+			et.returned[n] = version
 		}
 		b.encoded[typ], b.versions[typ] = et, version
 	}

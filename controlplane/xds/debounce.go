@@ -4,7 +4,8 @@ import "time"
 
 // debouncer decides when pending changes are rebuilt. A rebuild runs once
 // no change has arrived for the quiet period, or maxDelay after the first
-// pending change, whichever is first. The quiet period is short (quiet)
+// pending change, whichever is first. The quiet period is short (quiet,
+// 0 by default: an isolated change is rebuilt at once, the leading edge)
 // for an isolated change, so that it converges fast, and long (busyQuiet)
 // while changes arrive closer together than busyQuiet (a flapping
 // endpoint, a deploy), so that a burst is coalesced into few rebuilds:

@@ -44,6 +44,11 @@ func TestDebouncer(t *testing.T) {
 		rebuilds int
 		first    time.Duration // offset of the first rebuild
 	}{
+		{desc: "default: isolated change rebuilt at once", quiet: DefaultQuietPeriod, events: []time.Duration{0}, rebuilds: 1, first: 0},
+		{desc: "default: isolated changes each rebuilt at once", quiet: DefaultQuietPeriod, events: []time.Duration{0, 300 * ms, 600 * ms}, rebuilds: 3, first: 0},
+		{desc: "default: a second change within the busy period waits for the burst to end", quiet: DefaultQuietPeriod, events: []time.Duration{0, 10 * ms}, rebuilds: 2, first: 0},
+		{desc: "default: flap every 50ms for 3s: like a 100ms debounce plus the first change", quiet: DefaultQuietPeriod, events: every(50*ms, 3*time.Second), rebuilds: 4, first: 0},
+		{desc: "default: flap every 10ms for 3s: once per max delay plus the first change", quiet: DefaultQuietPeriod, events: every(10*ms, 3*time.Second), rebuilds: 4, first: 0},
 		{desc: "isolated change rebuilt after the short quiet period", quiet: 20 * ms, events: []time.Duration{0}, rebuilds: 1, first: 20 * ms},
 		{desc: "two changes within the quiet period coalesce", quiet: 20 * ms, events: []time.Duration{0, 10 * ms}, rebuilds: 1, first: 110 * ms},
 		{desc: "isolated changes each rebuilt fast", quiet: 20 * ms, events: []time.Duration{0, 300 * ms, 600 * ms}, rebuilds: 3, first: 20 * ms},

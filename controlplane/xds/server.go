@@ -49,7 +49,7 @@ var ErrInconsistent = errors.New("inconsistent snapshot")
 
 // Defaults of Options.
 const (
-	DefaultQuietPeriod     = 20 * time.Millisecond
+	DefaultQuietPeriod     = time.Duration(0) // an isolated change is rebuilt at once
 	DefaultBusyQuietPeriod = 100 * time.Millisecond
 	DefaultMaxDelay        = time.Second
 	DefaultNodeGrace       = 2 * time.Minute
@@ -74,10 +74,11 @@ type Options struct {
 	// Translate holds the JWT providers and the edge-local address.
 	Translate translate.Options
 	// QuietPeriod, BusyQuietPeriod and MaxDelay debounce changes: a
-	// rebuild runs once no change has arrived for QuietPeriod (default
-	// 20ms), or for BusyQuietPeriod (default 100ms, at least QuietPeriod)
-	// when the pending changes arrived closer together than that, and at
-	// the latest MaxDelay (default 1s) after the first pending change.
+	// rebuild runs once no change has arrived for QuietPeriod (default 0:
+	// an isolated change is rebuilt at once), or for BusyQuietPeriod
+	// (default 100ms, at least QuietPeriod) when the pending changes
+	// arrived closer together than that, and at the latest MaxDelay
+	// (default 1s) after the first pending change.
 	QuietPeriod, BusyQuietPeriod, MaxDelay time.Duration
 	// NodeGrace is how long a node's snapshot is kept after its last
 	// stream closed, so that a reconnecting proxy resyncs at once
@@ -129,8 +130,8 @@ func New(opts Options) (*Server, error) {
 	if opts.Registry == nil {
 		return nil, errors.New("xds: Registry is required")
 	}
-	if opts.QuietPeriod <= 0 {
-		opts.QuietPeriod = DefaultQuietPeriod
+	if opts.QuietPeriod < 0 {
+		return nil, fmt.Errorf("xds: QuietPeriod %v is negative", opts.QuietPeriod)
 	}
 	if opts.MaxDelay <= 0 {
 		opts.MaxDelay = DefaultMaxDelay
@@ -239,6 +240,13 @@ func GRPCServerOptions() []grpc.ServerOption {
 		}),
 		grpc.MaxConcurrentStreams(1 << 20),
 		grpc.MaxRecvMsgSize(4 << 20),
+		// Static flow-control windows: no BDP estimation. With dynamic
+		// windows, gRPC answers nearly every ACK (a small request after a
+		// quiet period) with a window update and a BDP ping that the
+		// proxy must answer: two more frames, a write and a read each way
+		// per proxy and change. ADS requests are small; 1 MiB is plenty.
+		grpc.StaticStreamWindowSize(1 << 20),
+		grpc.StaticConnWindowSize(1 << 20),
 	}
 }
 

@@ -62,7 +62,7 @@ func newHarness(t testing.TB, opts xds.Options) *harness {
 	if opts.Translate.JWTProviders == nil {
 		opts.Translate = translateOpts
 	}
-	if opts.QuietPeriod == 0 {
+	if opts.QuietPeriod == 0 && opts.MaxDelay == 0 {
 		opts.QuietPeriod = 20 * time.Millisecond
 		opts.MaxDelay = 200 * time.Millisecond
 	}

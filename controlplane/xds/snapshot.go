@@ -76,9 +76,10 @@ func build(in *inputs, node translate.Node) *built {
 // resources did not change is not resent to the node.
 func encode(typeURL string, items []types.Resource) (*encodedType, error) {
 	et := &encodedType{
-		names: make([]string, len(items)),
-		anys:  make([]*anypb.Any, len(items)),
-		index: make(map[string]int, len(items)),
+		names:    make([]string, len(items)),
+		anys:     make([]*anypb.Any, len(items)),
+		index:    make(map[string]int, len(items)),
+		returned: make(map[string]string, len(items)),
 	}
 	h := sha256.New()
 	opts := proto.MarshalOptions{Deterministic: true}
@@ -97,6 +98,9 @@ func encode(typeURL string, items []types.Resource) (*encodedType, error) {
 		h.Write(buf)
 	}
 	et.version = hex.EncodeToString(h.Sum(nil))[:16]
+	for _, name := range et.names {
+		et.returned[name] = et.version
+	}
 	return et, nil
 }
 
