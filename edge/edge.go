@@ -118,15 +118,19 @@ func build(cfg *Config, tel *telemetry.Telemetry) (*server, error) {
 			return nil, fmt.Errorf("-stats-url: %w", err)
 		}
 	}
-	s.dp, err = dataplane.New(dataplane.Options{
+	dpOpts := dataplane.Options{
 		Logger: tel.Logger, Registerer: reg,
 		Auth:      s.auth.Auth,
 		AccessLog: s.access,
 		// Routes to edge_local (/auth/, /.well-known/) are served in
 		// process by the token and JWKS handlers, after the route's filters.
-		LocalClusters:  map[string]http.Handler{resource.ClusterEdgeLocal: s.local},
-		TracerProvider: tel.TracerProvider, Propagator: tel.Propagator,
-	})
+		LocalClusters: map[string]http.Handler{resource.ClusterEdgeLocal: s.local},
+		Propagator:    tel.Propagator,
+	}
+	if cfg.traceSpans {
+		dpOpts.TracerProvider = tel.TracerProvider
+	}
+	s.dp, err = dataplane.New(dpOpts)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,6 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -263,13 +262,10 @@ func (d *DataPlane) buildListener(g *graph, l *listener.Listener) (*listenerRT, 
 		genID:     hcm.GetGenerateRequestId() == nil || hcm.GetGenerateRequestId().GetValue(),
 		accessLog: d.opts.AccessLog, now: d.opts.Now,
 		notFound: d.metrics.rc(l.GetName(), "", ""),
+		tr:       d.tracing,
 	}
-	lr.serve = http.HandlerFunc(lr.handle)
-	if d.opts.TracerProvider != nil {
-		lr.serve = otelhttp.NewHandler(lr.serve, "listener "+l.GetName(),
-			otelhttp.WithTracerProvider(d.opts.TracerProvider),
-			otelhttp.WithPropagators(d.opts.Propagator),
-			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + l.GetName() }))
+	if lr.tr != nil {
+		lr.spanNames = newServerSpanNames(l.GetName())
 	}
 	return lr, nil
 }
@@ -500,7 +496,7 @@ func (lc *listenerCtx) compileRoute(vh *route.VirtualHost, r *route.Route, vi, r
 				t.cl = lc.g.clusters[c] // for max_requests, when present
 			} else if cl := lc.g.clusters[c]; cl != nil {
 				t.cl = cl
-				t.proxy = newProxy(cl, policy, rw, opts.MaxRetryBody)
+				t.proxy = newProxy(cl, policy, rw, opts.MaxRetryBody, lc.d.tracing)
 			} else if lc.name != "" {
 				lc.g.missing = append(lc.g.missing, "cluster "+c)
 			}

@@ -15,7 +15,6 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -356,11 +355,6 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 	} else {
 		cl.base = newTransport(cl, connectTimeout, h2c)
 		cl.transport = cl.base
-		if opts.TracerProvider != nil {
-			cl.transport = otelhttp.NewTransport(cl.base,
-				otelhttp.WithTracerProvider(opts.TracerProvider),
-				otelhttp.WithPropagators(opts.Propagator))
-		}
 	}
 	return cl, nil
 }

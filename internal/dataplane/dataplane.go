@@ -57,8 +57,11 @@ type Options struct {
 	// nil disables it. It must not block.
 	AccessLog AccessLogFunc
 	// TracerProvider and Propagator enable a server span per request at the
-	// listener and a client span per upstream attempt. Without them the
-	// incoming traceparent is still forwarded unchanged.
+	// listener and a client span per upstream attempt (W3C trace context
+	// by default). Without them, or with the OTel no-op provider, no span
+	// work is done at all and the incoming traceparent is forwarded
+	// unchanged. Pass a provider only when spans are exported: an SDK
+	// provider without an exporter still builds every span to drop it.
 	TracerProvider trace.TracerProvider
 	Propagator     propagation.TextMapPropagator
 	// WarmingTimeout bounds how long a configuration whose references are
@@ -98,6 +101,7 @@ type DataPlane struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *metrics
+	tracing *tracing // nil: no spans
 
 	cur atomic.Pointer[graph]
 
@@ -137,7 +141,8 @@ func New(opts Options) (*DataPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &DataPlane{opts: opts, log: opts.Logger.With("component", "dataplane"), metrics: m}, nil
+	return &DataPlane{opts: opts, log: opts.Logger.With("component", "dataplane"), metrics: m,
+		tracing: newTracing(opts.TracerProvider, opts.Propagator)}, nil
 }
 
 // Validate builds res without applying it and returns the first error.

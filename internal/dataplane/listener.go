@@ -121,12 +121,12 @@ type listenerRT struct {
 	accessLog   AccessLogFunc
 	now         func() time.Time
 	notFound    *rcStats
-	serve       http.Handler // this handler, possibly wrapped in a server span
+	// tr starts the server span (nil: no spans); spanNames names them.
+	tr        *tracing
+	spanNames serverSpanNames
 }
 
-func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) { l.serve.ServeHTTP(w, r) }
-
-func (l *listenerRT) handle(w http.ResponseWriter, r *http.Request) {
+func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := l.now()
 	identity.StripHeaders(r.Header)
 	id := r.Header.Get(httpx.HeaderRequestID)
@@ -145,6 +145,10 @@ func (l *listenerRT) handle(w http.ResponseWriter, r *http.Request) {
 	st := &reqState{Context: r.Context()}
 	st.rw = respWriter{ResponseWriter: w, st: st}
 	st.entry.RequestID = id
+	var span trace.Span
+	if l.tr != nil {
+		st.Context, span = l.tr.startServer(st.Context, r, l.spanNames.name(r.Method, l.name))
+	}
 	rt := l.table.match(r)
 	var cancel context.CancelFunc
 	if rt == nil {
@@ -160,14 +164,17 @@ func (l *listenerRT) handle(w http.ResponseWriter, r *http.Request) {
 			cancel()
 		}
 	}
-	l.finish(r, st, start)
+	l.finish(r, st, start, span)
 }
 
-func (l *listenerRT) finish(r *http.Request, st *reqState, start time.Time) {
+func (l *listenerRT) finish(r *http.Request, st *reqState, start time.Time, span trace.Span) {
 	d := l.now().Sub(start)
 	status := st.rw.status
 	if status == 0 {
 		status = http.StatusOK
+	}
+	if span != nil {
+		endServer(span, st.entry.Route, status)
 	}
 	if s := st.stats; s != nil {
 		s.code(status).Inc()
@@ -183,12 +190,16 @@ func (l *listenerRT) finish(r *http.Request, st *reqState, start time.Time) {
 	if st.upstreamErr != nil {
 		e.UpstreamError = st.upstreamErr.Error()
 	}
-	if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
-		e.TraceID = sc.TraceID().String()
+	if span != nil {
+		if sc := span.SpanContext(); sc.IsValid() {
+			e.TraceID = sc.TraceID().String()
+		}
 	} else if tp := r.Header.Get("Traceparent"); len(tp) >= 35 {
 		e.TraceID = tp[3:35]
 	}
-	l.accessLog(r.Context(), e)
+	// st carries the server span (the log handler adds trace and span
+	// ids from it); its deadline may have passed, which logging ignores.
+	l.accessLog(st, e)
 }
 
 // clientIP is the remote address, or with trusted hops the address that

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/petmesh/petmesh/internal/httpx"
 )
 
@@ -183,8 +185,8 @@ func (rw *rewriteCfg) rewritePath(u *url.URL) {
 	}
 }
 
-func newProxy(cl *clusterRT, policy *retryPolicy, rw rewriteCfg, maxBody int64) *httputil.ReverseProxy {
-	at := &attemptTransport{cl: cl, policy: policy, maxBody: maxBody}
+func newProxy(cl *clusterRT, policy *retryPolicy, rw rewriteCfg, maxBody int64, tr *tracing) *httputil.ReverseProxy {
+	at := &attemptTransport{cl: cl, policy: policy, maxBody: maxBody, tr: tr}
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			out := pr.Out
@@ -224,6 +226,7 @@ type attemptTransport struct {
 	cl      *clusterRT
 	policy  *retryPolicy
 	maxBody int64
+	tr      *tracing // client spans; nil: none
 }
 
 func (a *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -282,9 +285,16 @@ func (a *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		if st != nil {
 			st.entry.Upstream = ep.addr
 		}
+		var span trace.Span
+		if a.tr != nil {
+			areq, span = a.tr.startClient(areq, ep.addr, attempt)
+		}
 		ep.active.Add(1)
 		resp, err := cl.transport.RoundTrip(areq)
 		ep.active.Add(-1)
+		if span != nil {
+			endClient(span, resp, err)
+		}
 		if attempt > 0 {
 			cl.retryDone()
 		}
