@@ -2,7 +2,6 @@ package jwtauth
 
 import (
 	"crypto/ecdsa"
-	"encoding/json"
 	"sync"
 	"testing"
 	"time"
@@ -111,15 +110,6 @@ func sign(t testing.TB, priv *ecdsa.PrivateKey, hdr map[string]any, claims jwt.M
 // rawToken assembles a token from raw JSON segments and a signature.
 func rawToken(header, payload string, sig []byte) string {
 	return b64.EncodeToString([]byte(header)) + "." + b64.EncodeToString([]byte(payload)) + "." + b64.EncodeToString(sig)
-}
-
-func mustJSON(t testing.TB, v any) string {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 func signES384(t testing.TB, priv *ecdsa.PrivateKey, kid string, claims jwt.MapClaims) string {
