@@ -60,7 +60,8 @@ func OpenSQLite(ctx context.Context, dsn string, opts Options) (*SQLStore, error
 	}
 	q["_pragma"] = append(append([]string{}, sqlitePragmas...), q["_pragma"]...)
 	q.Set("_txlock", "immediate")
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	dsnFull := "file:" + path + "?" + q.Encode()
+	db, err := sql.Open("sqlite", dsnFull)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
@@ -74,6 +75,10 @@ func OpenSQLite(ctx context.Context, dsn string, opts Options) (*SQLStore, error
 	if err != nil {
 		_ = db.Close()
 		return nil, err
+	}
+	if s.shared, err = newDataVersionWatch(dsnFull); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	if err := s.migrate(ctx, "sqlite", nil); err != nil {
 		_ = db.Close()

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,6 +96,11 @@ type SQLStore struct {
 
 	mu    sync.RWMutex
 	stmts map[string]*sql.Stmt
+
+	// writes counts writes through this store and shared watches other
+	// processes' commits (SQLite only), for DataVersion.
+	writes atomic.Uint64
+	shared *dataVersionWatch
 }
 
 var _ Store = (*SQLStore)(nil)
@@ -136,6 +142,9 @@ func (s *SQLStore) Close() error {
 		delete(s.stmts, k)
 	}
 	s.mu.Unlock()
+	if s.shared != nil {
+		s.shared.close()
+	}
 	return s.db.Close()
 }
 
@@ -256,6 +265,7 @@ func (s *SQLStore) Delete(ctx context.Context, id string) (err error) {
 	}
 	ctx, done := s.observe(ctx, "delete", "DELETE")
 	defer func() { done(err) }()
+	defer s.wrote()
 	res, err := s.db.ExecContext(ctx, s.rebind(`DELETE FROM pets WHERE id = ?`), id)
 	if err != nil {
 		return fmt.Errorf("delete pet %s: %w", id, err)
@@ -368,6 +378,7 @@ func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResul
 	}
 	ctx, done := s.observe(ctx, "upsert", "INSERT")
 	defer func() { done(err) }()
+	defer s.wrote()
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	rows := make([]upsertRow, len(pets))
 	for i, p := range pets {
