@@ -12,11 +12,20 @@ import (
 	"time"
 )
 
-// Main is benchrun's command line: flags → Config → Run → bench.json,
-// bench.md and bench.png in -out.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("benchrun", flag.ContinueOnError)
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	return fs
+}
+
+// Main is benchrun's command line: flags → Config → Run → bench.json,
+// bench.md and bench.png in -out. "benchrun controlplane -in FILE" turns
+// saved BenchmarkScale output into controlplane.json and controlplane.md.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "controlplane" {
+		return controlPlaneMain(args[1:], stdout, stderr)
+	}
+	fs := newFlagSet("benchrun", stderr)
 	var cfg Config
 	out := fs.String("out", "results/bench", "directory for bench.json, bench.md, bench.png (and profiles/)")
 	targets := fs.String("targets", strings.Join(AllTargets, ","), "comma-separated targets to measure")

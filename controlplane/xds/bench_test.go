@@ -359,7 +359,6 @@ func benchFleet(b *testing.B, n int, mode string, opts xds.Options) (h *harness,
 
 func benchConvergence(b *testing.B, n int, mode string) {
 	h, proxies, childPID, perProxy := benchFleet(b, n, mode, xds.Options{QuietPeriod: xds.DefaultQuietPeriod, MaxDelay: xds.DefaultMaxDelay})
-	ctx := context.Background()
 
 	if prefix := os.Getenv(envBenchProfile); prefix != "" {
 		f, err := os.Create(fmt.Sprintf("%s-%d-%s.pprof", prefix, n, mode))
@@ -371,58 +370,172 @@ func benchConvergence(b *testing.B, n int, mode string) {
 		}
 		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
 	}
-	var route, ep latencies
-	var puts []time.Duration
+	var s changeStats
 	cpu0, child0 := cpuTime(), procCPUTime(childPID)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		cur, err := h.store.Current(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		t := cur.Table.Clone()
-		t.Route("pets").Timeout = routes.Dur(time.Duration(i+1) * time.Second)
-		// Changes closer together than the busy quiet period are a burst
-		// and wait for it (BenchmarkEndpointFlap); these are isolated.
-		time.Sleep(xds.DefaultBusyQuietPeriod)
-		prev := latestVersions(h.srv, resource.RouteType)
-		put := time.Now()
-		if _, err := h.store.Put(ctx, cur.Number, t, "bench", "timeout"); err != nil {
-			b.Fatal(err)
-		}
-		start := time.Now() // accepted: stored durably
-		puts = append(puts, start.Sub(put))
-		route.add(b, h.srv, proxies, resource.RouteType, prev, start)
-
-		time.Sleep(xds.DefaultBusyQuietPeriod)
-		prev = latestVersions(h.srv, resource.EndpointType)
-		start = time.Now()
-		if err := h.reg.Register(ctx, registry.Registration{Service: "pets", ID: fmt.Sprintf("pets-%d", i), Address: "127.0.0.1", Port: 20000 + i, Version: "v1", TTL: time.Hour}); err != nil {
-			b.Fatal(err)
-		}
-		ep.add(b, h.srv, proxies, resource.EndpointType, prev, start)
+		s.change(b, h, proxies, i)
 	}
 	b.StopTimer()
-	changes := float64(2 * b.N)
-	b.ReportMetric(ms(pct(puts, 0.99)), "store-put-p99-ms")
-	b.ReportMetric(ms(pct(route.ack, 0.5)), "route-ack-p50-ms")
-	b.ReportMetric(ms(pct(route.ack, 0.99)), "route-ack-p99-ms")
-	b.ReportMetric(ms(pct(ep.ack, 0.5)), "endpoint-ack-p50-ms")
-	b.ReportMetric(ms(pct(ep.ack, 0.99)), "endpoint-ack-p99-ms")
-	b.ReportMetric(ms(pct(route.sent, 0.99)), "route-sent-p99-ms")
-	b.ReportMetric(ms(pct(route.sent, 1)), "route-sent-max-ms")
-	b.ReportMetric(ms(pct(ep.sent, 0.99)), "endpoint-sent-p99-ms")
-	b.ReportMetric(ms(pct(ep.sent, 1)), "endpoint-sent-max-ms")
-	if len(route.recv) > 0 {
-		b.ReportMetric(ms(pct(route.recv, 0.99)), "route-recv-p99-ms")
-		b.ReportMetric(ms(pct(ep.recv, 0.99)), "endpoint-recv-p99-ms")
-	}
-	b.ReportMetric(ms(cpuTime()-cpu0)/changes, "cpu-ms/change")
+	s.report(b)
+	b.ReportMetric(ms(cpuTime()-cpu0)/float64(s.changes), "cpu-ms/change")
 	if childPID != 0 {
-		b.ReportMetric(ms(procCPUTime(childPID)-child0)/changes, "client-cpu-ms/change")
+		b.ReportMetric(ms(procCPUTime(childPID)-child0)/float64(s.changes), "client-cpu-ms/change")
 	}
 	b.ReportMetric(perProxy, "heap-KB/proxy")
 	reportLoad(b)
+}
+
+// changeStats collects the convergence of isolated route and endpoint
+// changes.
+type changeStats struct {
+	route, ep latencies
+	puts      []time.Duration
+	changes   int
+}
+
+// change makes the i-th pair of isolated changes (a route's timeout
+// through the store, then an instance registered) and waits until every
+// proxy has ACKed each.
+func (s *changeStats) change(b *testing.B, h *harness, proxies []*simProxy, i int) {
+	ctx := context.Background()
+	cur, err := h.store.Current(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	t := cur.Table.Clone()
+	t.Route("pets").Timeout = routes.Dur(time.Duration(i+1) * time.Second)
+	// Changes closer together than the busy quiet period are a burst
+	// and wait for it (BenchmarkEndpointFlap); these are isolated.
+	time.Sleep(xds.DefaultBusyQuietPeriod)
+	prev := latestVersions(h.srv, resource.RouteType)
+	put := time.Now()
+	if _, err := h.store.Put(ctx, cur.Number, t, "bench", "timeout"); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now() // accepted: stored durably
+	s.puts = append(s.puts, start.Sub(put))
+	s.route.add(b, h.srv, proxies, resource.RouteType, prev, start)
+
+	time.Sleep(xds.DefaultBusyQuietPeriod)
+	prev = latestVersions(h.srv, resource.EndpointType)
+	start = time.Now()
+	if err := h.reg.Register(ctx, registry.Registration{Service: "pets", ID: fmt.Sprintf("pets-%d", i), Address: "127.0.0.1", Port: 20000 + i, Version: "v1", TTL: time.Hour}); err != nil {
+		b.Fatal(err)
+	}
+	s.ep.add(b, h.srv, proxies, resource.EndpointType, prev, start)
+	s.changes += 2
+}
+
+func (s *changeStats) report(b *testing.B) {
+	b.ReportMetric(ms(pct(s.puts, 0.99)), "store-put-p99-ms")
+	b.ReportMetric(ms(pct(s.route.ack, 0.5)), "route-ack-p50-ms")
+	b.ReportMetric(ms(pct(s.route.ack, 0.99)), "route-ack-p99-ms")
+	b.ReportMetric(ms(pct(s.ep.ack, 0.5)), "endpoint-ack-p50-ms")
+	b.ReportMetric(ms(pct(s.ep.ack, 0.99)), "endpoint-ack-p99-ms")
+	b.ReportMetric(ms(pct(s.route.sent, 0.99)), "route-sent-p99-ms")
+	b.ReportMetric(ms(pct(s.route.sent, 1)), "route-sent-max-ms")
+	b.ReportMetric(ms(pct(s.ep.sent, 0.99)), "endpoint-sent-p99-ms")
+	b.ReportMetric(ms(pct(s.ep.sent, 1)), "endpoint-sent-max-ms")
+	if len(s.route.recv) > 0 {
+		b.ReportMetric(ms(pct(s.route.recv, 0.99)), "route-recv-p99-ms")
+		b.ReportMetric(ms(pct(s.ep.recv, 0.99)), "endpoint-recv-p99-ms")
+	}
+}
+
+// BenchmarkScale is the control plane at scale: 100, 1,000 and 2,000
+// simulated ADS clients (in a child process, so that every memory and CPU
+// figure is the control plane's own: this process holds only the xDS
+// server, the registry and the file store), with 30 endpoints (10 per
+// service), and 1,000 clients with 10,000 endpoints (3,334 pets, 3,333
+// stats, 3,333 sync; the edges' EDS carries all of them). It reports:
+//
+//   - sync-s, sync-cpu-s: wall and control-plane CPU seconds from the
+//     first connection until every proxy has ACKed all four types;
+//   - heap-MB (Go heap in use after a GC), rss-MB (VmRSS) and
+//     rss-peak-MB (VmHWM) of the control plane with every proxy synced;
+//   - route-ack-p50/p99-ms and endpoint-ack-p50/p99-ms: convergence of
+//     isolated changes, from acceptance to each proxy's ACK (as
+//     BenchmarkConvergence), over every proxy of every change;
+//   - cpu-ms/change: control-plane CPU per change.
+//
+// The loop runs b.Loop, so the fleet is set up once per size:
+//
+//	go test ./controlplane/xds -run '^$' -bench Scale -benchtime 5x -timeout 60m
+//
+// (`make bench-controlplane` runs it and writes results/bench/controlplane.md.)
+func BenchmarkScale(b *testing.B) {
+	for _, c := range []struct{ proxies, endpoints int }{{100, 30}, {1000, 30}, {2000, 30}, {1000, 10000}} {
+		b.Run(fmt.Sprintf("proxies=%d/endpoints=%d", c.proxies, c.endpoints), func(b *testing.B) {
+			benchScale(b, c.proxies, c.endpoints)
+		})
+	}
+}
+
+func benchScale(b *testing.B, n, endpoints int) {
+	h := newHarness(b, xds.Options{QuietPeriod: xds.DefaultQuietPeriod, BusyQuietPeriod: xds.DefaultBusyQuietPeriod, MaxDelay: xds.DefaultMaxDelay})
+	ctx := context.Background()
+	svcs := []string{"pets", "stats", "sync"}
+	for i := range endpoints {
+		svc := svcs[i%len(svcs)]
+		err := h.reg.Register(ctx, registry.Registration{
+			Service: svc, ID: fmt.Sprintf("%s-pre-%d", svc, i), Address: fmt.Sprintf("127.%d.%d.%d", 1+i>>16&255, i>>8&255, i&255), // never dialled
+			Port: 9001, Version: "v1", TTL: time.Hour,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	runtime.GC()
+	cpu0, t0 := cpuTime(), time.Now()
+	child := clientProcess(b, h.addr, n).Process.Pid
+	waitSynced(b, h.srv, n)
+	syncWall, syncCPU := time.Since(t0), cpuTime()-cpu0
+	runtime.GC()
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
+	rss, peak := selfRSS()
+
+	var s changeStats
+	cpu1, child1 := cpuTime(), procCPUTime(child)
+	i := 0
+	for b.Loop() {
+		s.change(b, h, nil, i)
+		i++
+	}
+	s.report(b)
+	b.ReportMetric(ms(cpuTime()-cpu1)/float64(s.changes), "cpu-ms/change")
+	b.ReportMetric(ms(procCPUTime(child)-child1)/float64(s.changes), "client-cpu-ms/change")
+	b.ReportMetric(syncWall.Seconds(), "sync-s")
+	b.ReportMetric(syncCPU.Seconds(), "sync-cpu-s")
+	b.ReportMetric(float64(mem.HeapAlloc)/(1<<20), "heap-MB")
+	b.ReportMetric(float64(rss)/(1<<20), "rss-MB")
+	b.ReportMetric(float64(peak)/(1<<20), "rss-peak-MB")
+	b.ReportMetric(float64(n), "proxies")
+	b.ReportMetric(float64(endpoints), "endpoints")
+	reportLoad(b)
+}
+
+// selfRSS is this process's VmRSS and VmHWM (peak) in bytes (Linux).
+func selfRSS() (rss, peak int64) {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, 0
+	}
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			rss = kb << 10
+		case "VmHWM":
+			peak = kb << 10
+		}
+	}
+	return rss, peak
 }
 
 // reportLoad reports the machine's 1-minute load average (Linux): the
