@@ -4,6 +4,7 @@
 package pets
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"errors"
@@ -61,6 +62,27 @@ type HandlerOptions struct {
 	MaxBody int64
 	// HealthTimeout bounds the database check of GET /health; 2s when 0.
 	HealthTimeout time.Duration
+	// ListCacheBytes bounds the GET /pets response cache (see listCache);
+	// 0 disables it. It needs a store with a DataVersion.
+	ListCacheBytes int64
+	// ListCacheTTL is the longest a cached GET /pets response is served
+	// from a store that cannot see other processes' writes (PostgreSQL);
+	// 0 disables the cache on such stores. Unused on SQLite, which
+	// reports every commit.
+	ListCacheTTL time.Duration
+}
+
+// DefaultListCacheBytes and DefaultListCacheTTL are the binary's defaults.
+const (
+	DefaultListCacheBytes = 64 << 20
+	DefaultListCacheTTL   = time.Second
+)
+
+// versioner is a store that can tell whether its data may have changed
+// (store.SQLStore implements it).
+type versioner interface {
+	DataVersion(ctx context.Context) (uint64, error)
+	DataVersionShared() bool
 }
 
 // api holds the handlers' dependencies.
@@ -69,6 +91,9 @@ type api struct {
 	maxBody       int64
 	healthTimeout time.Duration
 	upserted      *prometheus.CounterVec
+	// cache and versions are nil when the list cache is off.
+	cache    *listCache
+	versions versioner
 }
 
 // NewHandler returns the public API with the standard middleware
@@ -91,6 +116,17 @@ func NewHandler(st store.Store, tel *telemetry.Telemetry, opts HandlerOptions) (
 	}
 	if err := tel.Registry.Register(newTotalCollector(st)); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	if v, ok := st.(versioner); ok && opts.ListCacheBytes > 0 && (v.DataVersionShared() || opts.ListCacheTTL > 0) {
+		var ttl time.Duration
+		if !v.DataVersionShared() {
+			ttl = opts.ListCacheTTL
+		}
+		c, err := newListCache(opts.ListCacheBytes, ttl, tel.Registry)
+		if err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+		a.cache, a.versions = c, v
 	}
 
 	handlers := map[Route]httpx.HandlerFunc{
@@ -216,10 +252,37 @@ func parseListQuery(v url.Values) (store.ListQuery, error) {
 // bufPool recycles response buffers of the list endpoint.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
 
+// Attributes of the server span telling whether the list cache answered.
+var (
+	attrCacheHit  = attribute.String("petmesh.pets.list_cache", "hit")
+	attrCacheMiss = attribute.String("petmesh.pets.list_cache", "miss")
+)
+
 func (a *api) list(w http.ResponseWriter, r *http.Request) error {
 	q, err := parseListQuery(r.URL.Query())
 	if err != nil {
 		return err
+	}
+	// The data version is read before the query, so that a response is
+	// never stored under a version newer than its data.
+	var (
+		keyBuf    [128]byte
+		key       []byte
+		version   uint64
+		cacheable bool
+	)
+	if a.cache != nil {
+		key = q.AppendKey(keyBuf[:0])
+		if v, err := a.versions.DataVersion(r.Context()); err == nil {
+			span := trace.SpanFromContext(r.Context())
+			if e := a.cache.get(key, v); e != nil {
+				span.SetAttributes(attrCacheHit)
+				writeList(w, r, e.body, e.etag, e.hdrETag, e.hdrLen)
+				return nil
+			}
+			span.SetAttributes(attrCacheMiss)
+			version, cacheable = v, true
+		}
 	}
 	// The stored docs are the pets' JSON already: splice them into the
 	// response instead of decoding and encoding every pet.
@@ -242,7 +305,14 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) error {
 	buf = append(buf, next...) // base64url: nothing to escape
 	buf = append(buf, "\"}\n"...)
 	*bp = buf
-	writeRawJSON(w, http.StatusOK, buf)
+	etag := etagOf(buf)
+	if !cacheable {
+		writeList(w, r, buf, etag, nil, nil)
+		return nil
+	}
+	body := bytes.Clone(buf)
+	a.cache.put(key, version, body, etag)
+	writeList(w, r, body, etag, nil, nil)
 	return nil
 }
 

@@ -231,6 +231,9 @@ func TestBinaryAPI(t *testing.T) {
 		`petmesh_pets_store_query_duration_seconds_count{operation="list",result="ok"}`,
 		`petmesh_pets_upserted_total{result="inserted"} 25`,
 		`http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/pets"`,
+		`petmesh_pets_list_cache_lookups_total{result="miss"}`,
+		`petmesh_pets_list_cache_evictions_total{reason="stale"}`,
+		`petmesh_pets_list_cache_entries `,
 	} {
 		if !strings.Contains(string(m.body), want) {
 			t.Errorf("metrics lack %q", want)
@@ -391,8 +394,18 @@ func TestBinarySharedSQLite(t *testing.T) {
 	ca, cb := newClient(t, a.URL("http")), newClient(t, b.URL("http"))
 
 	var got counts
-	ca.json("POST", "/pets:batchUpsert", roles("sync"), map[string]any{"pets": petBatch(10)}, &got, 200)
 	var pg page
+	// b caches the empty page (its list cache is on by default): a's
+	// commit must invalidate it.
+	cb.json("GET", "/pets?limit=100", nil, nil, &pg, 200)
+	cb.json("GET", "/pets?limit=100", nil, nil, &pg, 200)
+	if len(pg.Pets) != 0 {
+		t.Fatalf("b sees %d pets before any write", len(pg.Pets))
+	}
+	if m := newClient(t, b.URL("admin")).do("GET", "/metrics", nil, nil); !strings.Contains(string(m.body), `petmesh_pets_list_cache_lookups_total{result="hit"} 1`) {
+		t.Fatal("b's second read was not a cache hit")
+	}
+	ca.json("POST", "/pets:batchUpsert", roles("sync"), map[string]any{"pets": petBatch(10)}, &got, 200)
 	cb.json("GET", "/pets?limit=100", nil, nil, &pg, 200)
 	if len(pg.Pets) != 10 {
 		t.Fatalf("b sees %d pets written via a, want 10", len(pg.Pets))

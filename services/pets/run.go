@@ -32,6 +32,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	OpenTimeout     time.Duration
 	Pprof           bool
+	ListCacheBytes  int
+	ListCacheTTL    time.Duration
 }
 
 // parseConfig binds the flags to their environment variables.
@@ -48,6 +50,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.Duration(&c.ShutdownTimeout, "shutdown-timeout", "PETS_SHUTDOWN_TIMEOUT", 20*time.Second, "how long in-flight requests may drain on shutdown")
 	f.Duration(&c.OpenTimeout, "db-open-timeout", "PETS_DB_OPEN_TIMEOUT", 60*time.Second, "how long to wait for the database and its migrations at start")
 	f.Bool(&c.Pprof, "pprof", "PETS_PPROF", false, "serve /debug/pprof/ on the admin listener")
+	f.Int(&c.ListCacheBytes, "list-cache-bytes", "PETS_LIST_CACHE_BYTES", DefaultListCacheBytes, "size of the GET /pets response cache in bytes (0 disables it)")
+	f.Duration(&c.ListCacheTTL, "list-cache-ttl", "PETS_LIST_CACHE_TTL", DefaultListCacheTTL, "longest a cached GET /pets response is served on PostgreSQL, which cannot report other instances' writes (0 disables the cache there; SQLite reports every commit and ignores it)")
 	if err := f.Parse(args); err != nil {
 		return c, err
 	}
@@ -68,6 +72,12 @@ func (c Config) Validate() error {
 	}
 	if c.DBMaxConns < 0 {
 		errs = append(errs, fmt.Errorf("-db-max-conns: must be >= 0, got %d", c.DBMaxConns))
+	}
+	if c.ListCacheBytes < 0 {
+		errs = append(errs, fmt.Errorf("-list-cache-bytes: must be >= 0, got %d", c.ListCacheBytes))
+	}
+	if c.ListCacheTTL < 0 {
+		errs = append(errs, fmt.Errorf("-list-cache-ttl: must be >= 0, got %v", c.ListCacheTTL))
 	}
 	if c.MaxBody < 1024 {
 		errs = append(errs, fmt.Errorf("-max-body: must be at least 1024 bytes, got %d", c.MaxBody))
@@ -127,7 +137,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}()
 	log.Info("store open", "system", st.System())
 
-	h, err := NewHandler(st, tel, HandlerOptions{MaxBody: int64(cfg.MaxBody)})
+	h, err := NewHandler(st, tel, HandlerOptions{
+		MaxBody:        int64(cfg.MaxBody),
+		ListCacheBytes: int64(cfg.ListCacheBytes),
+		ListCacheTTL:   cfg.ListCacheTTL,
+	})
 	if err != nil {
 		return err
 	}

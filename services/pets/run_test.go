@@ -22,6 +22,8 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{desc: "body limit too small", args: []string{"-max-body", "10"}, want: "-max-body"},
 		{desc: "bad log level", args: []string{"-log-level", "loud"}, want: "-log-level"},
 		{desc: "negative pool", args: []string{"-db-max-conns", "-1"}, want: "-db-max-conns"},
+		{desc: "negative cache size", args: []string{"-list-cache-bytes", "-1"}, want: "-list-cache-bytes"},
+		{desc: "negative cache ttl", env: map[string]string{"PETS_LIST_CACHE_TTL": "-1s"}, want: "-list-cache-ttl"},
 		{desc: "zero shutdown timeout", args: []string{"-shutdown-timeout", "0s"}, want: "-shutdown-timeout"},
 		{desc: "unknown db scheme", args: []string{"-db", "mysql://x"}, want: "-db"},
 		{desc: "in-memory sqlite", args: []string{"-db", "sqlite://:memory:"}, want: "-db"},
