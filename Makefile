@@ -102,7 +102,19 @@ lint: ## gofmt, go vet, staticcheck and go mod tidy must be clean.
 	  echo "go mod tidy changes go.mod/go.sum; run it and commit"; cp /tmp/petmesh-go.mod.bak go.mod; cp /tmp/petmesh-go.sum.bak go.sum; exit 1; fi
 
 .PHONY: bench
-bench: ## Go benchmarks of the hot paths (see BENCHMARKS.md for conditions).
+bench: ## Side-by-side benchmark (direct, nginx, HAProxy, Caddy, Traefik, petmesh) and control-plane scale; writes results/bench/ (BENCHMARKS.md).
+	@scripts/bench.sh all
+
+.PHONY: bench-proxies
+bench-proxies: ## Only the side-by-side part of make bench (knobs: BENCH_ROUNDS, BENCH_DURATION, ... in BENCHMARKS.md).
+	@scripts/bench.sh proxies
+
+.PHONY: bench-controlplane
+bench-controlplane: ## Only the control-plane scale part of make bench (BenchmarkScale: 100/1,000/2,000 clients, 10,000 endpoints).
+	@scripts/bench.sh controlplane
+
+.PHONY: bench-go
+bench-go: ## Go microbenchmarks of the hot paths (conditions in each component's README).
 	@scripts/postgres.sh start $(PG_DIR) $(PG_PORT) > $(PG_DIR).dsn
 	@trap 'scripts/postgres.sh stop $(PG_DIR)' EXIT; \
 	  PETMESH_TEST_POSTGRES_DSN=$$(cat $(PG_DIR).dsn) \
