@@ -202,6 +202,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	syncer := NewSyncer(Options{
 		Store: store, Locker: locker, Source: pf, Pets: pets, BatchSize: cfg.BatchSize, PageLimit: cfg.PageLimit,
 		Overlap: cfg.Overlap, FullEvery: cfg.FullEvery, Instance: cfg.Instance, Logger: logger, Metrics: metrics,
+		Tracer: tel.Tracer("github.com/petmesh/petmesh/services/sync"),
 	})
 	if err := syncer.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile interrupted runs: %w", err)

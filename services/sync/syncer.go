@@ -15,7 +15,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/petmesh/petmesh/internal/telemetry"
 	"github.com/petmesh/petmesh/services/sync/petfinder"
 )
 
@@ -81,6 +86,10 @@ type Options struct {
 	Logger    *slog.Logger
 	Metrics   *Metrics
 	Now       func() time.Time
+	// Tracer makes the "sync run" span that holds a run's Petfinder and
+	// pets calls; a run asked for by a request is a child of that
+	// request's span, so it is in the request's trace. Default: no spans.
+	Tracer trace.Tracer
 }
 
 // Syncer executes runs, one at a time per process and, through the
@@ -95,6 +104,9 @@ type startReq struct {
 	trigger string
 	full    bool
 	resp    chan startResp
+	// parent is the span context of the caller (a POST /sync/runs
+	// request's server span), invalid for the scheduler.
+	parent trace.SpanContext
 }
 
 type startResp struct {
@@ -118,6 +130,9 @@ func NewSyncer(opts Options) *Syncer {
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	if opts.Tracer == nil {
+		opts.Tracer = noop.NewTracerProvider().Tracer("")
 	}
 	return &Syncer{opts: opts, reqs: make(chan startReq), done: make(chan struct{})}
 }
@@ -145,7 +160,7 @@ func (s *Syncer) Reconcile(ctx context.Context) error {
 // Trigger asks Run to start a run now and returns it (status running);
 // ErrRunning when one is already running.
 func (s *Syncer) Trigger(ctx context.Context, trigger string, full bool) (RunRecord, error) {
-	req := startReq{trigger: trigger, full: full, resp: make(chan startResp, 1)}
+	req := startReq{trigger: trigger, full: full, resp: make(chan startResp, 1), parent: trace.SpanContextFromContext(ctx)}
 	select {
 	case s.reqs <- req:
 	case <-s.done:
@@ -181,7 +196,14 @@ func (s *Syncer) Run(ctx context.Context) error {
 				s.opts.Metrics.Runs.WithLabelValues("skipped").Inc()
 				continue
 			}
-			run, lease, err := s.begin(ctx, req)
+			// The run outlives the request that asked for it: it keeps
+			// Run's cancellation, and only the caller's span context,
+			// so that its spans and log lines join the caller's trace.
+			rctx := ctx
+			if req.parent.IsValid() {
+				rctx = trace.ContextWithSpanContext(ctx, req.parent)
+			}
+			run, lease, err := s.begin(rctx, req)
 			if err != nil {
 				if errors.Is(err, ErrRunning) {
 					s.opts.Metrics.Runs.WithLabelValues("skipped").Inc()
@@ -193,7 +215,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 			req.resp <- startResp{run: run}
 			wg.Go(func() {
 				defer func() { finished <- struct{}{} }()
-				s.execute(ctx, run, lease)
+				s.execute(rctx, run, lease)
 			})
 		}
 	}
@@ -247,11 +269,16 @@ func (s *Syncer) begin(ctx context.Context, req startReq) (RunRecord, Lease, err
 		release()
 		return RunRecord{}, nil, err
 	}
-	s.opts.Logger.Info("sync run started", "run", run.ID, "trigger", run.Trigger, "full", run.Full, "since", run.Since)
+	s.opts.Logger.InfoContext(ctx, "sync run started", "run", run.ID, "trigger", run.Trigger, "full", run.Full, "since", run.Since)
 	return run, lease, nil
 }
 
 func (s *Syncer) execute(ctx context.Context, run RunRecord, lease Lease) {
+	ctx, span := s.opts.Tracer.Start(ctx, "sync run", trace.WithAttributes(
+		attribute.String("petmesh.sync.run_id", run.ID),
+		attribute.String("petmesh.sync.trigger", run.Trigger),
+		attribute.Bool("petmesh.sync.full", run.Full)))
+	defer span.End()
 	rctx, cancel := context.WithCancelCause(ctx)
 	var watch sync.WaitGroup
 	watch.Go(func() {
@@ -289,18 +316,24 @@ func (s *Syncer) execute(ctx context.Context, run RunRecord, lease Lease) {
 	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer wcancel()
 	if uerr := s.opts.Store.Update(wctx, run); uerr != nil {
-		s.opts.Logger.Error("record run outcome", "run", run.ID, "err", uerr)
+		s.opts.Logger.ErrorContext(ctx, "record run outcome", "run", run.ID, "err", uerr)
 	}
 	if rerr := lease.Release(wctx); rerr != nil {
-		s.opts.Logger.Warn("release executor lock", "err", rerr)
+		s.opts.Logger.WarnContext(ctx, "release executor lock", "err", rerr)
 	}
 	m := s.opts.Metrics
 	m.Runs.WithLabelValues(run.Status).Inc()
-	m.Duration.Observe(finished.Sub(run.StartedAt).Seconds())
+	telemetry.Observe(ctx, m.Duration, finished.Sub(run.StartedAt).Seconds()) // exemplar: the run's trace
 	if run.Status == StatusSucceeded {
 		m.LastSuccess.Set(float64(finished.UnixNano()) / 1e9)
 	}
-	s.opts.Logger.Info("sync run finished", "run", run.ID, "status", run.Status, "pages", run.Pages, "fetched", run.Fetched,
+	span.SetAttributes(attribute.String("petmesh.sync.status", run.Status), attribute.Int("petmesh.sync.pages", run.Pages),
+		attribute.Int("petmesh.sync.fetched", run.Fetched), attribute.Int("petmesh.sync.upserted", run.Upserted),
+		attribute.Int("petmesh.sync.failed", run.Failed))
+	if run.Status != StatusSucceeded {
+		span.SetStatus(codes.Error, run.Status+": "+run.Error)
+	}
+	s.opts.Logger.InfoContext(ctx, "sync run finished", "run", run.ID, "status", run.Status, "pages", run.Pages, "fetched", run.Fetched,
 		"inserted", run.Inserted, "updated", run.Updated, "unchanged", run.Unchanged, "failed", run.Failed, "error", run.Error)
 }
 
@@ -320,7 +353,7 @@ func (s *Syncer) sync(ctx context.Context, run *RunRecord) error {
 			res, err := s.opts.Pets.BatchUpsert(ctx, batch)
 			var rej *RejectedError
 			if errors.As(err, &rej) && rej.Index >= 0 && rej.Index < len(batch) {
-				s.opts.Logger.Warn("pets rejected an animal", "run", run.ID, "source_id", batch[rej.Index].SourceID, "field", rej.Field, "err", rej.Message)
+				s.opts.Logger.WarnContext(ctx, "pets rejected an animal", "run", run.ID, "source_id", batch[rej.Index].SourceID, "field", rej.Field, "err", rej.Message)
 				run.Failed++
 				batch = append(batch[:rej.Index], batch[rej.Index+1:]...)
 				continue
@@ -344,7 +377,7 @@ func (s *Syncer) sync(ctx context.Context, run *RunRecord) error {
 			in, err := MapAnimal(a)
 			if err != nil {
 				run.Failed++
-				s.opts.Logger.Warn("skipping animal", "run", run.ID, "err", err)
+				s.opts.Logger.WarnContext(ctx, "skipping animal", "run", run.ID, "err", err)
 				continue
 			}
 			if in.PublishedAt.After(high) {
