@@ -63,7 +63,10 @@ type mesh struct {
 // startMesh builds the binaries and starts the make-run topology on free
 // ports with the given registry ("builtin", or "consul" with an agent
 // already running at consulAddr). Everything is stopped when t ends.
-func startMesh(t *testing.T, registry, consulAddr string) *mesh {
+//
+// opts adjust the launcher options before anything starts (TestTraces
+// points every process's OTLP exporter at a Jaeger).
+func startMesh(t *testing.T, registry, consulAddr string, opts ...func(*launcher.Options)) *mesh {
 	t.Helper()
 	began := time.Now()
 	var binDir string
@@ -91,6 +94,9 @@ func startMesh(t *testing.T, registry, consulAddr string) *mesh {
 	a := freeAddrs(t)
 	a.Consul = consulAddr
 	o := launcher.Options{BinDir: binDir, RunDir: dir, Registry: registry, Addrs: a}
+	for _, f := range opts {
+		f(&o)
+	}
 	m := &mesh{t: t, o: o, a: a, petctl: filepath.Join(binDir, "petctl"), tokens: map[string]string{},
 		l: &launcher.Launcher{BinDir: binDir, RunDir: dir, Out: io.Discard, StartTimeout: 60 * time.Second, StopTimeout: 20 * time.Second},
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
