@@ -171,10 +171,11 @@ func currentVersion(t *testing.T, api, token string) int64 {
 // adsClient is a real ADS client (internal/xds/client) standing in for a
 // proxy; reject, when set, NACKs.
 type adsClient struct {
-	id     string
-	c      *client.Client
-	mu     sync.Mutex
-	reject func(*client.Snapshot) error
+	id      string
+	c       *client.Client
+	mu      sync.Mutex
+	reject  func(*client.Snapshot) error
+	observe func(*client.Snapshot) // every configuration applied
 }
 
 func startClient(t *testing.T, addr string, n *core.Node) *adsClient {
@@ -186,7 +187,12 @@ func startClient(t *testing.T, addr string, n *core.Node) *adsClient {
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			if a.reject != nil {
-				return a.reject(s)
+				if err := a.reject(s); err != nil {
+					return err
+				}
+			}
+			if a.observe != nil {
+				a.observe(s)
 			}
 			return nil
 		},
@@ -552,14 +558,14 @@ func TestControlPlaneFileStore(t *testing.T) {
 		if got := currentVersion(t, api2, a.viewer); got != want {
 			t.Fatalf("version after restart %d, want %d", got, want)
 		}
-		// The built-in registry starts empty: the instance registers again,
-		// as its sidecar would after a 404 on its heartbeat.
+		// The built-in registry restored the instance from its state file
+		// (restart_test.go): its sidecar's next heartbeat succeeds.
 		rc2, err := registry.NewHTTPClient(api2, regToken)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := rc2.Register(ctx, registry.Registration{Service: "pets", ID: "pets-1", Address: "127.0.0.1", Port: 15001, Version: "v1", TTL: time.Hour}); err != nil {
-			t.Fatal(err)
+		if err := rc2.Heartbeat(ctx, "pets-1"); err != nil {
+			t.Fatalf("heartbeat after restart: %v", err)
 		}
 		waitSynced(t, api2, a.viewer, want, e, s)
 		tu.Eventually(t, 10*time.Second, func() error {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +55,7 @@ type Config struct {
 	NodeGrace             time.Duration
 	StaleAfter            time.Duration
 	RegistryTTL           time.Duration
+	RegistryStateFile     string
 	LogLevel              string
 	ShutdownTimeout       time.Duration
 }
@@ -83,6 +85,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.Duration(&c.NodeGrace, "node-grace", "CONTROLPLANE_NODE_GRACE", xds.DefaultNodeGrace, "keep a disconnected proxy's snapshot this long")
 	f.Duration(&c.StaleAfter, "stale-after", "CONTROLPLANE_STALE_AFTER", xds.DefaultStaleAfter, "report a proxy stale when it has not ACKed its latest configuration this long")
 	f.Duration(&c.RegistryTTL, "registry-default-ttl", "CONTROLPLANE_REGISTRY_DEFAULT_TTL", registry.DefaultTTL, "TTL of registrations that do not set one")
+	f.String(&c.RegistryStateFile, "registry-state-file", "CONTROLPLANE_REGISTRY_STATE_FILE", "", "built-in registry: file that keeps the instances across restarts (default: registry-state.json in -store-dir; none: keep nothing)")
 	f.String(&c.LogLevel, "log-level", "CONTROLPLANE_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	f.Duration(&c.ShutdownTimeout, "shutdown-timeout", "CONTROLPLANE_SHUTDOWN_TIMEOUT", 10*time.Second, "how long in-flight API requests may drain on shutdown")
 	if err := f.Parse(args); err != nil {
@@ -124,6 +127,9 @@ func (c Config) Validate() error {
 	if c.Registry == "builtin" && c.RegistrationToken == "" {
 		errs = append(errs, errors.New("-registration-token-file: a registration token is required with -registry builtin (or set CONTROLPLANE_REGISTRATION_TOKEN)"))
 	}
+	if c.Registry == "builtin" && c.RegistryStateFile == "" && c.StoreDir == "" {
+		errs = append(errs, errors.New("-registry-state-file: set it (or none), or -store-dir for its default"))
+	}
 	if c.RegistrationToken != "" && len(c.RegistrationToken) < 16 {
 		errs = append(errs, errors.New("-registration-token-file: the token must be at least 16 characters"))
 	}
@@ -163,6 +169,17 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("-shutdown-timeout: must be positive, got %v", c.ShutdownTimeout))
 	}
 	return errors.Join(errs...)
+}
+
+// registryStateFile is the built-in registry's state file ("" for none).
+func (c Config) registryStateFile() string {
+	switch c.RegistryStateFile {
+	case "none":
+		return ""
+	case "":
+		return filepath.Join(c.StoreDir, "registry-state.json")
+	}
+	return c.RegistryStateFile
 }
 
 // Run runs the control plane until ctx is done, then drains.
@@ -247,7 +264,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	switch cfg.Registry {
 	case "builtin":
-		m, err := registry.NewMemory(registry.MemoryOptions{DefaultTTL: cfg.RegistryTTL, Registerer: tel.Registry, Logger: log})
+		m, err := registry.NewMemory(registry.MemoryOptions{DefaultTTL: cfg.RegistryTTL, Registerer: tel.Registry, Logger: log, StateFile: cfg.registryStateFile()})
 		if err != nil {
 			return fmt.Errorf("-registry: %w", err)
 		}

@@ -37,6 +37,12 @@ type MemoryOptions struct {
 	Registerer prometheus.Registerer
 	// Logger logs registrations, expiries and removals; default discards.
 	Logger *slog.Logger
+	// StateFile, when set, keeps the instances across restarts: NewMemory
+	// restores them (each alive for its TTL from the restore, so that a
+	// live instance's next heartbeat succeeds and a dead one expires), and
+	// Run writes the file after every change (not after heartbeats). See
+	// state.go.
+	StateFile string
 }
 
 // Memory is the built-in registry: an in-memory map of instances, each
@@ -49,6 +55,8 @@ type Memory struct {
 	log        *slog.Logger
 	metrics    *metrics
 	bc         *broadcaster
+	stateFile  string
+	save       chan struct{} // a change awaits its state file write (Run)
 
 	mu        sync.Mutex
 	instances map[string]*memEntry            // by id
@@ -92,10 +100,26 @@ func NewMemory(opts MemoryOptions) (*Memory, error) {
 	r := &Memory{
 		clock: opts.Clock, defaultTTL: opts.DefaultTTL, sweep: opts.SweepInterval,
 		log: opts.Logger, metrics: m, bc: newBroadcaster(m),
+		stateFile: opts.StateFile, save: make(chan struct{}, 1),
 		instances: map[string]*memEntry{}, bySvc: map[string]map[string]*memEntry{},
 		snap: map[string][]Instance{}, dirty: map[string]bool{},
 	}
-	r.bc.publish(Snapshot{Services: map[string][]Instance{}})
+	if r.stateFile != "" {
+		r.mu.Lock()
+		if _, err := r.restoreLocked(r.clock.Now()); err != nil {
+			// Start empty: the sidecars register again after a 404 on
+			// their next heartbeat, as without a state file.
+			r.log.Error("registry state: not restored; starting empty", "file", r.stateFile, "error", err)
+			r.metrics.stateErrors.Inc()
+		}
+		r.mu.Unlock()
+	}
+	r.mu.Lock()
+	r.publishLocked()
+	r.mu.Unlock()
+	if len(r.snap) == 0 {
+		r.bc.publish(Snapshot{Services: map[string][]Instance{}})
+	}
 	return r, nil
 }
 
@@ -196,16 +220,25 @@ func (r *Memory) Watch(ctx context.Context) (<-chan Snapshot, error) {
 	return r.bc.subscribe(ctx), nil
 }
 
-// Run removes expired instances every SweepInterval until ctx is done.
+// Run removes expired instances every SweepInterval until ctx is done,
+// and writes the state file (when configured) after changes, and once
+// more before it returns if a change is pending.
 func (r *Memory) Run(ctx context.Context) error {
 	t := time.NewTicker(r.sweep)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			select {
+			case <-r.save:
+				r.saveState()
+			default:
+			}
 			return nil
 		case <-t.C:
 			r.Sweep()
+		case <-r.save:
+			r.saveState()
 		}
 	}
 }
@@ -306,6 +339,12 @@ func (r *Memory) publishLocked() {
 	clear(r.dirty)
 	r.snap = next
 	r.bc.publish(Snapshot{Services: next})
+	if r.stateFile != "" {
+		select {
+		case r.save <- struct{}{}:
+		default: // a write is already pending; it reads the latest state
+		}
+	}
 }
 
 func cloneMeta(m map[string]string) map[string]string {

@@ -11,11 +11,12 @@ import (
 // constant backend label ("memory" or "consul"), so both backends can
 // register on one Registerer.
 type metrics struct {
-	instances *prometheus.GaugeVec
-	errors    *prometheus.CounterVec
-	coalesced prometheus.Counter
-	watchers  prometheus.Gauge
-	expired   prometheus.Counter
+	instances   *prometheus.GaugeVec
+	errors      *prometheus.CounterVec
+	coalesced   prometheus.Counter
+	watchers    prometheus.Gauge
+	expired     prometheus.Counter
+	stateErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, backend string) (*metrics, error) {
@@ -41,13 +42,17 @@ func newMetrics(reg prometheus.Registerer, backend string) (*metrics, error) {
 			Name: "petmesh_registry_expired_total", ConstLabels: cl,
 			Help: "Instances removed by the built-in registry because their TTL lapsed.",
 		}),
+		stateErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "petmesh_registry_state_errors_total", ConstLabels: cl,
+			Help: "Failed reads (at start) and writes of the built-in registry's state file.",
+		}),
 	}
 	m.errors.WithLabelValues("catalog")
 	m.errors.WithLabelValues("health")
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.instances, m.errors, m.coalesced, m.watchers, m.expired} {
+	for _, c := range []prometheus.Collector{m.instances, m.errors, m.coalesced, m.watchers, m.expired, m.stateErrors} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
