@@ -60,7 +60,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *profile {
-		cfg.ProfileDir = filepath.Join(*out, "profiles")
+		cfg.ProfileDir, cfg.ProfileRel = filepath.Join(*out, "profiles"), *out
 	}
 	cfg.Log = stderr
 	if cfg.KeepWorkDir {

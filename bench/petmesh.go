@@ -266,8 +266,12 @@ func login(ctx context.Context, url string) (string, error) {
 	}
 }
 
-// gitDescribe is the short commit of the working tree, or "dev".
+// gitDescribe is $BENCH_COMMIT when set (a run from an exported tree),
+// else the short commit of the working tree, or "dev".
 func gitDescribe() string {
+	if c := os.Getenv("BENCH_COMMIT"); c != "" {
+		return c
+	}
 	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	if err != nil {
 		return "dev"

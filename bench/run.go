@@ -64,6 +64,9 @@ type Config struct {
 	// edge and the sidecar taken during an extra wrk run per petmesh
 	// target after the rounds (not part of the figures).
 	ProfileDir string
+	// ProfileRel, when set, makes the profile paths in the report
+	// relative to it (the report's own directory).
+	ProfileRel string
 	Log        io.Writer // progress (default io.Discard)
 }
 
@@ -429,6 +432,9 @@ func profile(ctx context.Context, cfg Config, m *petmesh, byName map[string]*tar
 			}
 			if err := <-errc; err != nil {
 				return nil, fmt.Errorf("profile %s %s: %w", p.who, kind, err)
+			}
+			if rel, err := filepath.Rel(cfg.ProfileRel, file); err == nil && cfg.ProfileRel != "" {
+				file = rel
 			}
 			files = append(files, file)
 		}
