@@ -471,6 +471,23 @@ func configMap(t *testing.T, objs []object, name, key string) string {
 	return ""
 }
 
+func secretData(t *testing.T, objs []object, name, key string) string {
+	t.Helper()
+	for _, o := range objs {
+		if sec, ok := o.obj.(*corev1.Secret); ok && o.name == name {
+			if v, ok := sec.StringData[key]; ok {
+				return v
+			}
+			if v, ok := sec.Data[key]; ok {
+				return string(v)
+			}
+			t.Fatalf("Secret %s has no key %s", name, key)
+		}
+	}
+	t.Fatalf("Secret %s not found", name)
+	return ""
+}
+
 // TestConfigMaps checks that the ConfigMaps carry valid configuration and
 // stay identical to the files under observability/.
 func TestConfigMaps(t *testing.T) {
@@ -489,6 +506,20 @@ func TestConfigMaps(t *testing.T) {
 			}
 			if got := configMap(t, objs, tc.cm, tc.key); got != string(want) {
 				t.Errorf("ConfigMap %s key %s differs from %s; copy the file into deploy/k8s", tc.cm, tc.key, tc.file)
+			}
+		})
+	}
+
+	// The dev identities: the edge's users and service accounts are the
+	// ones of `make run`, whose passwords and secrets README.md lists.
+	for _, key := range []string{"users.yaml", "service-accounts.yaml"} {
+		t.Run("secret petmesh-identity "+key, func(t *testing.T) {
+			want, err := os.ReadFile(filepath.Join("..", "dev", "config", key))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := secretData(t, objs, "petmesh-identity", key); got != string(want) {
+				t.Errorf("Secret petmesh-identity key %s differs from dev/config/%s; copy the file into deploy/k8s/identity.yaml", key, key)
 			}
 		})
 	}
