@@ -126,6 +126,15 @@ bench-edge: ## wrk through the edge (ES256 JWT), directly and via nginx, in one 
 	@$(MAKE) --no-print-directory build
 	scripts/bench-edge.sh
 
+.PHONY: chaos
+CHAOS_RPS ?= 200
+chaos: ## Fault scenarios under a fixed-rate load, faults held 60 s, real Consul; writes results/chaos/ and the table in RESILIENCE.md (CHAOS_RPS, CHAOS_FAULT).
+	@mkdir -p results/chaos
+	@set -o pipefail; PETMESH_CONSUL_BIN=$$(scripts/tool.sh consul) PETMESH_REQUIRE_REAL=1 \
+	  PETMESH_CHAOS_FULL=1 PETMESH_CHAOS_RPS=$(CHAOS_RPS) $(if $(CHAOS_FAULT),PETMESH_CHAOS_FAULT=$(CHAOS_FAULT)) \
+	  PETMESH_CHAOS_RESULTS=$(CURDIR)/results/chaos PETMESH_CHAOS_DOC=$(CURDIR)/RESILIENCE.md \
+	  $(GO) test -count=1 -timeout 60m -run '^TestChaos$$' -v ./e2e/ 2>&1 | tee results/chaos/chaos.log
+
 .PHONY: clean
 clean: ## Remove build outputs and the run directory.
 	rm -rf $(BIN) $(RUN_DIR)
