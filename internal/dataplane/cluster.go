@@ -83,7 +83,7 @@ type clusterRT struct {
 	stats       *metrics
 
 	transport    http.RoundTripper
-	base         *http.Transport
+	base         *upstreamTransport
 	transportKey string
 	conns        atomic.Int64
 	maxConns     int64
@@ -359,38 +359,42 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 	return cl, nil
 }
 
-// newTransport returns the tuned upstream transport: many idle
-// connections per host (the default of 2 halves a proxy's throughput),
-// keep-alives, no compression, the connect timeout and max_connections
-// enforced by the dialer. The connection buffers keep Go's 4 KiB default:
-// bodies bypass them (the proxy copies through its own pooled 32 KiB
-// buffer and bufio passes reads and writes that large straight through),
-// while every idle keep-alive connection holds them, so larger buffers
-// only cost memory (64 KiB per connection at 32 KiB each).
-func newTransport(cl *clusterRT, connectTimeout time.Duration, h2c bool) *http.Transport {
+// newTransport returns the tuned upstream transport: bodyless idempotent
+// HTTP/1.1 requests go through the synchronous h1Pool (see h1.go), the
+// rest through an http.Transport with many idle connections per host (the
+// default of 2 halves a proxy's throughput), keep-alives and no
+// compression. Both dial through one dialer that applies the connect
+// timeout and counts connections against max_connections. The connection
+// buffers keep Go's 4 KiB default: bodies bypass them (the proxy copies
+// through its own pooled 32 KiB buffer and bufio passes reads and writes
+// that large straight through), while every idle keep-alive connection
+// holds them, so larger buffers only cost memory (64 KiB per connection at
+// 32 KiB each).
+func newTransport(cl *clusterRT, connectTimeout time.Duration, h2c bool) *upstreamTransport {
 	d := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	conns := &cl.conns
 	maxConns := cl.maxConns
-	var t *http.Transport
-	t = &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	u := &upstreamTransport{}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if conns.Add(1) > maxConns {
+			conns.Add(-1)
+			// Idle connections to other endpoints count against
+			// max_connections too: drop them, then try once more.
+			u.CloseIdleConnections()
 			if conns.Add(1) > maxConns {
 				conns.Add(-1)
-				// Idle connections to other endpoints count against
-				// max_connections too: drop them, then try once more.
-				t.CloseIdleConnections()
-				if conns.Add(1) > maxConns {
-					conns.Add(-1)
-					return nil, errOverloaded
-				}
+				return nil, errOverloaded
 			}
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				conns.Add(-1)
-				return nil, err
-			}
-			return &countedConn{Conn: c, n: conns}, nil
-		},
+		}
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			conns.Add(-1)
+			return nil, err
+		}
+		return &countedConn{Conn: c, n: conns}, nil
+	}
+	u.std = &http.Transport{
+		DialContext:           dial,
 		MaxIdleConns:          0,
 		MaxIdleConnsPerHost:   1024,
 		IdleConnTimeout:       90 * time.Second,
@@ -400,9 +404,11 @@ func newTransport(cl *clusterRT, connectTimeout time.Duration, h2c bool) *http.T
 	if h2c {
 		var p http.Protocols
 		p.SetUnencryptedHTTP2(true)
-		t.Protocols = &p
+		u.std.Protocols = &p
+	} else {
+		u.h1 = newH1Pool(dial)
 	}
-	return t
+	return u
 }
 
 type countedConn struct {
