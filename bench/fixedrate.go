@@ -47,6 +47,8 @@ type FixedRateResult struct {
 	// its schedule at worst: large values mean the generator (or the
 	// machine) could not keep the rate, which the latency then includes.
 	MaxLateness time.Duration `json:"-"`
+	// GeneratorLateMs is MaxLateness in milliseconds.
+	GeneratorLateMs float64 `json:"generator_max_late_ms"`
 }
 
 // Percentiles in milliseconds.
@@ -167,6 +169,7 @@ func FixedRate(ctx context.Context, cfg FixedRateConfig) (*FixedRateResult, erro
 	res.Elapsed = time.Since(measuredFrom)
 	res.Latency, res.Service = percentiles(lat), percentiles(svc)
 	res.Achieved = float64(res.OK) / cfg.Duration.Seconds()
+	res.GeneratorLateMs = float64(res.MaxLateness.Microseconds()) / 1000
 	return res, ctx.Err()
 }
 

@@ -95,14 +95,14 @@ func (r *Report) Markdown() string {
 	for _, s := range r.Skipped {
 		fmt.Fprintf(&b, "| %s | skipped: %s | |\n", s.Name, s.Reason)
 	}
-	b.WriteString("\nEvery round:\n\n")
-	b.WriteString("| round | target | req/s | wrk p99 ms | fixed p50 ms | fixed p99 ms | fixed p99.9 ms | errors |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("\nEvery round (generator late: how far behind its schedule the fixed-rate generator itself sent a request at worst; large values mean the machine starved the generator, and that time is in the latency figures):\n\n")
+	b.WriteString("| round | target | req/s | wrk p99 ms | fixed p50 ms | fixed p99 ms | fixed p99.9 ms | generator late ms | errors | first error |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for rd := 1; rd <= c.Rounds; rd++ {
 		for _, t := range r.Targets {
 			for _, x := range t.Rounds {
 				if x.Round == rd {
-					fmt.Fprintf(&b, "| %d | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %d |\n", rd, t.Name, x.Wrk.RPS, x.Wrk.P99,
-						x.Fixed.Latency.P50, x.Fixed.Latency.P99, x.Fixed.Latency.P999, x.Wrk.Errors+x.Fixed.Errors)
+					fmt.Fprintf(&b, "| %d | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %.1f | %d | %s |\n", rd, t.Name, x.Wrk.RPS, x.Wrk.P99,
+						x.Fixed.Latency.P50, x.Fixed.Latency.P99, x.Fixed.Latency.P999, x.Fixed.GeneratorLateMs, x.Wrk.Errors+x.Fixed.Errors, strings.ReplaceAll(x.Fixed.First, "|", `\|`))
 				}
 			}
 		}
