@@ -10,7 +10,8 @@
 # saves a CPU profile of the edge during its first round, EDGE_FLAGS adds edge flags,
 # EDGE_ENV adds environment to the edge (e.g. "GOGC=200"), EDGE_BIN uses a built
 # edge instead of building one, BASE_EDGE_BIN adds a second edge (target
-# edge-base, e.g. an older build) to the same run for a before/after comparison,
+# edge-base, e.g. an older build) to the same run for a before/after comparison
+# (BASE_EDGE_ENV: its environment, default EDGE_ENV),
 # BARE=0 drops the target bare (scripts/bareproxy.go: a plain httputil.ReverseProxy
 # with a tuned transport, the floor of a net/http proxy).
 #
@@ -121,8 +122,8 @@ PIDS+=($PROXY_PID)
 
 # --- the edge, from a bootstrap file (no control plane) ---------------------
 declare -A URL HDR PROXY_OF ADMIN_OF
-start_edge() { # name binary: starts an edge, logs in, sets URL[name] HDR[name] PROXY_OF[name] ADMIN_OF[name]
-  local name=$1 bin=$2 port admin dir issuer hash token
+start_edge() { # name binary env: starts an edge, logs in, sets URL[name] HDR[name] PROXY_OF[name] ADMIN_OF[name]
+  local name=$1 bin=$2 envs=$3 port admin dir issuer hash token
   port=$(free_port); admin=$(free_port); dir="$TMP/run-$name"; mkdir -p "$dir"
   issuer="http://127.0.0.1:$port"
   hash=$(printf 'bench-pw\n' | "$bin" hash-password -cost 10)
@@ -134,7 +135,7 @@ users:
 EOF
   sed -e "s|@EDGE_PORT@|$port|g" -e "s|@ISSUER@|$issuer|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" "$TMP/bootstrap.tmpl" >"$dir/bootstrap.yaml"
   # shellcheck disable=SC2086
-  env ${EDGE_ENV:-} "$bin" -addr "127.0.0.1:$port" -admin-addr "127.0.0.1:$admin" -xds-addr "" -bootstrap "$dir/bootstrap.yaml" \
+  env $envs "$bin" -addr "127.0.0.1:$port" -admin-addr "127.0.0.1:$admin" -xds-addr "" -bootstrap "$dir/bootstrap.yaml" \
     -node-id "edge~$name" -users-file "$dir/users.yaml" -keys-dir "$dir/keys" -issuer "$issuer" \
     ${EDGE_FLAGS:-} 2>"$dir/edge.log" &
   PROXY_OF[$name]=$!
@@ -214,13 +215,13 @@ EOF
 
 wait_http "http://127.0.0.1:$BACKEND_PORT/pets/1"
 wait_http "http://127.0.0.1:$PROXY_PORT/pets/1"
-start_edge edge "$TMP/edge"
+start_edge edge "$TMP/edge" "${EDGE_ENV:-}"
 EDGE_PID=${PROXY_OF[edge]}
 ADMIN_PORT=${ADMIN_OF[edge]}
 TARGETS=(edge)
 if [[ -n "${BASE_EDGE_BIN:-}" ]]; then
   cp "$BASE_EDGE_BIN" "$TMP/edge-base.bin"
-  start_edge edge-base "$TMP/edge-base.bin"
+  start_edge edge-base "$TMP/edge-base.bin" "${BASE_EDGE_ENV-${EDGE_ENV:-}}"
   TARGETS+=(edge-base)
 fi
 if [[ "${BARE:-1}" == 1 ]]; then
@@ -331,7 +332,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "wrk -t$THREADS -c$CONNS, warm-up $WARMUP per target, $ROUNDS rounds of $DURATION per target, targets alternated; medians over rounds."
   echo "Backend: nginx (1 worker) returning a small JSON document. nginx proxy: 2 workers, keep-alive upstream, access log to a file."
   echo "Edge: bootstrap config (no control plane), route with jwt_authn required (ES256, verification cache on), access log to a file,"
-  echo "GOMAXPROCS=$(nproc)${EDGE_ENV:+, $EDGE_ENV}${EDGE_FLAGS:+, flags $EDGE_FLAGS}. All processes and wrk on the same machine."
+  echo "GOMAXPROCS=$(nproc) unless set${EDGE_ENV:+, environment $EDGE_ENV}${EDGE_FLAGS:+, flags $EDGE_FLAGS}.${BASE_EDGE_BIN:+ edge-base: $(basename "$BASE_EDGE_BIN")${BASE_EDGE_ENV:+ with $BASE_EDGE_ENV}.} All processes and wrk on the same machine."
   echo
   echo "| target | req/s (median) | p99 ms (median) | proxy CPU µs/request | backend CPU µs/request | wrk CPU µs/request |"
   echo "| --- | --- | --- | --- | --- | --- |"

@@ -129,18 +129,25 @@ type listenerRT struct {
 func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := l.now()
 	identity.StripHeaders(r.Header)
-	id := r.Header.Get(httpx.HeaderRequestID)
+	ids := r.Header[httpx.HeaderRequestID]
+	id := ""
+	if len(ids) > 0 {
+		id = ids[0]
+	}
 	if !validRequestID(id) {
 		if l.genID {
 			id = httpx.NewRequestID()
-			r.Header.Set(httpx.HeaderRequestID, id)
+			ids = []string{id}
+			r.Header[httpx.HeaderRequestID] = ids
 		} else {
 			id = ""
-			r.Header.Del(httpx.HeaderRequestID)
+			delete(r.Header, httpx.HeaderRequestID)
 		}
 	}
 	if id != "" {
-		w.Header().Set(httpx.HeaderRequestID, id)
+		// One value slice for the request and the response (capped, so an
+		// append to either copies).
+		w.Header()[httpx.HeaderRequestID] = ids[:1:1]
 	}
 	st := &reqState{Context: r.Context()}
 	st.rw = respWriter{ResponseWriter: w, st: st}

@@ -157,12 +157,20 @@ func (t *target) serveLocal(w http.ResponseWriter, r *http.Request, st *reqState
 	t.local.ServeHTTP(w, r)
 }
 
-var bufPool = &bytePool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+var bufPool = &bytePool{p: sync.Pool{New: func() any { return new([32 << 10]byte) }}}
 
+// bytePool is the reverse proxy's copy buffer pool. It pools array
+// pointers, so that Put converts the slice back without allocating (a
+// pool of *[]byte allocates a new pointer on every Put).
 type bytePool struct{ p sync.Pool }
 
-func (b *bytePool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
-func (b *bytePool) Put(s []byte) { b.p.Put(&s) }
+func (b *bytePool) Get() []byte { return b.p.Get().(*[32 << 10]byte)[:] }
+
+func (b *bytePool) Put(s []byte) {
+	if cap(s) == 32<<10 {
+		b.p.Put((*[32 << 10]byte)(s[:32<<10]))
+	}
+}
 
 // rewriteCfg is the per-route request rewrite.
 type rewriteCfg struct {
@@ -266,22 +274,25 @@ func (a *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			}
 			return nil, errNoHealthyUpstream
 		}
+		// The first attempt sends req itself; a retry sends a copy with its
+		// own URL (the endpoint differs) and a fresh body reader.
 		areq := req
-		if attempt > 0 || p != nil && p.perTry > 0 {
-			areq = req.WithContext(req.Context())
-			u := *req.URL
-			areq.URL = &u
-			if attempt > 0 && replay != nil {
-				areq.Body = io.NopCloser(bytes.NewReader(replay))
-			}
-		}
-		areq.URL.Host = ep.addr
 		var cancel context.CancelFunc
 		if p != nil && p.perTry > 0 {
 			var ctx context.Context
 			ctx, cancel = context.WithTimeout(req.Context(), p.perTry)
-			areq = areq.WithContext(ctx)
+			areq = req.WithContext(ctx)
+		} else if attempt > 0 {
+			areq = req.WithContext(req.Context())
 		}
+		if attempt > 0 {
+			u := *req.URL
+			areq.URL = &u
+			if replay != nil {
+				areq.Body = io.NopCloser(bytes.NewReader(replay))
+			}
+		}
+		areq.URL.Host = ep.addr
 		if st != nil {
 			st.entry.Upstream = ep.addr
 		}
