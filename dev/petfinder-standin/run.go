@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"time"
 
 	"github.com/petmesh/petmesh/internal/config"
@@ -72,7 +73,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}()
 
 	s := New(Options{ClientID: clientID, ClientSecret: clientSecret, TokenTTL: tokenTTL, Animals: animals, Faults: fs, Logger: tel.Logger})
-	h := httpx.Chain(s.Handler(), httpx.Trace(tel, "petfinder-standin"), httpx.RequestID, httpx.Recover(tel.Logger))
+	h := s.Handler()
+	if mux, ok := h.(*http.ServeMux); ok {
+		h = httpx.RouteNames(mux) // server spans "GET /v2/animals" with http.route
+	}
+	h = httpx.Chain(h, httpx.Trace(tel, "petfinder-standin"), httpx.RequestID, httpx.Recover(tel.Logger))
 	srv, err := httpx.Listen(httpx.DefaultServerConfig(addr), h, tel.Logger)
 	if err != nil {
 		return err
