@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -113,7 +114,8 @@ func TestObservability(t *testing.T) {
 				}
 			}
 			if len(failed) > 0 {
-				return fmt.Errorf("%d of %d expressions return no data:\n%s", len(failed), len(exprs), joinSorted(failed))
+				return fmt.Errorf("%d of %d expressions return no data:\n%s\nseries of the metrics they read:\n%s",
+					len(failed), len(exprs), joinSorted(failed), seriesOf(ctx, p, exprs, failed))
 			}
 			return nil
 		})
@@ -226,6 +228,37 @@ func exprHasData(ctx context.Context, p *promtest.Prometheus, e observability.Ex
 		return fmt.Sprintf("no data from %q", q)
 	}
 	return ""
+}
+
+var metricName = regexp.MustCompile(`\bpetmesh_[a-z0-9_]+`)
+
+// seriesOf counts, per job, the series of every petmesh metric the failed
+// expressions read: it tells a metric no process exposes from one that
+// exists but had no samples in the window.
+func seriesOf(ctx context.Context, p *promtest.Prometheus, exprs []observability.Expr, failed map[string]string) string {
+	names := map[string]bool{}
+	for _, e := range exprs {
+		if _, ok := failed[e.Source]; ok {
+			for _, n := range metricName.FindAllString(e.PromQL, -1) {
+				names[n] = true
+			}
+		}
+	}
+	out := map[string]string{}
+	for n := range names {
+		r, err := p.Query(ctx, "count by (job) ("+n+")")
+		if err != nil {
+			out[n] = err.Error()
+			continue
+		}
+		var per []string
+		for _, s := range r.Vector {
+			per = append(per, fmt.Sprintf("%s=%g", s.Metric["job"], s.Value))
+		}
+		sort.Strings(per)
+		out[n] = "[" + strings.Join(per, " ") + "]"
+	}
+	return joinSorted(out)
 }
 
 func joinSorted(m map[string]string) string {

@@ -52,6 +52,12 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "petmesh_controlplane_store_errors_total", Help: "Failed reads of a route table version from the store.",
 		}),
 	}
+	// Every type's NACK counter exists from the start at 0, so that
+	// increase() over it is 0, not empty, until a proxy NACKs (the
+	// PetmeshProxyNACKing alert and the NACK panel read it).
+	for _, t := range Types {
+		m.nacks.WithLabelValues(ShortType(t))
+	}
 	if reg == nil {
 		return m, nil
 	}
