@@ -125,7 +125,12 @@ func TestTracing(t *testing.T) {
 	for _, kv := range db.Attributes() {
 		attrs[string(kv.Key)] = kv.Value.String()
 	}
-	if attrs["db.system"] != "sqlite" || attrs["db.operation"] != "SELECT" {
-		t.Errorf("db span attributes %v", attrs)
+	for k, want := range map[string]string{
+		"db.system": "sqlite", "db.operation": "SELECT", // pre-1.26 names
+		"db.system.name": "sqlite", "db.operation.name": "SELECT", "db.collection.name": "pets",
+	} {
+		if attrs[k] != want {
+			t.Errorf("db span %s = %q, want %q (attributes %v)", k, attrs[k], want, attrs)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 )
@@ -156,6 +157,11 @@ func (s *SQLStore) observe(ctx context.Context, op, verb string) (context.Contex
 	ctx, span := s.tracer.Start(ctx, verb+" pets",
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(
+			// The current database semantic conventions, and the
+			// pre-1.26 names that older backends and dashboards read.
+			semconv.DBSystemNameKey.String(s.d.system),
+			semconv.DBOperationName(verb),
+			semconv.DBCollectionName("pets"),
 			attribute.String("db.system", s.d.system),
 			attribute.String("db.operation", verb),
 			attribute.String("db.sql.table", "pets"),
