@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,12 +19,13 @@ type FixedRateConfig struct {
 	Lead   time.Duration // sent at the same rate before the measured window, not recorded (opens connections)
 	// Duration is the measured window: Rate × Duration requests are recorded.
 	Duration time.Duration
+	// Conns is the number of connections (default 64): request i is due
+	// at start + i/Rate and is sent on connection i mod Conns, as wrk2
+	// does, so that an overloaded target faces a fixed number of
+	// connections rather than a storm of new ones.
+	Conns int
 	// Timeout bounds one request (default 10s); a timed-out request is an error.
 	Timeout time.Duration
-	// MaxInFlight bounds the requests outstanding at once (default 20,000);
-	// a request that would exceed it is not sent and counts as an error, so
-	// a stalled target cannot make the generator grow without bound.
-	MaxInFlight int
 }
 
 // FixedRateResult is the outcome of a fixed-rate load. Latency is measured
@@ -43,9 +43,10 @@ type FixedRateResult struct {
 	Elapsed time.Duration `json:"-"`
 	// Achieved is OK responses per second of the measured window.
 	Achieved float64 `json:"achieved_rps"`
-	// MaxLateness is how late the generator itself sent a request behind
-	// its schedule at worst: large values mean the generator (or the
-	// machine) could not keep the rate, which the latency then includes.
+	// MaxLateness is how late the generator itself woke up to send a
+	// request that was not held up by the previous one on its connection:
+	// large values mean the machine starved the generator, and that time
+	// is in the latency figures too.
 	MaxLateness time.Duration `json:"-"`
 	// GeneratorLateMs is MaxLateness in milliseconds.
 	GeneratorLateMs float64 `json:"generator_max_late_ms"`
@@ -81,12 +82,13 @@ func percentiles(h *hdrhistogram.Histogram) Percentiles {
 }
 
 // FixedRate sends GET requests to cfg.URL at cfg.Rate per second on a
-// fixed schedule (open loop: each request on its own goroutine, whether
-// or not earlier ones have completed; keep-alive connections, a new one
-// opened whenever all are busy, as a real population of clients would),
-// and records every request of the measured window. Any status other than
-// 200 is an error. It returns when every sent request has completed or
-// timed out; ctx cancels it.
+// fixed schedule over cfg.Conns keep-alive connections (open loop, like
+// wrk2: request i is due at start + i/Rate whatever happened to earlier
+// ones; a connection still busy with an earlier request sends it as soon
+// as it is free, and its latency still counts from when it was due), and
+// records every request of the measured window. Any status other than 200
+// is an error. It returns when every request has completed or timed out;
+// ctx cancels it.
 func FixedRate(ctx context.Context, cfg FixedRateConfig) (*FixedRateResult, error) {
 	if cfg.Rate <= 0 || cfg.Duration <= 0 {
 		return nil, fmt.Errorf("fixed rate: rate %d and duration %v must be positive", cfg.Rate, cfg.Duration)
@@ -94,11 +96,11 @@ func FixedRate(ctx context.Context, cfg FixedRateConfig) (*FixedRateResult, erro
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 20000
+	if cfg.Conns <= 0 {
+		cfg.Conns = 64
 	}
 	tr := &http.Transport{
-		MaxIdleConns: cfg.MaxInFlight, MaxIdleConnsPerHost: cfg.MaxInFlight, IdleConnTimeout: time.Minute,
+		MaxIdleConns: cfg.Conns, MaxIdleConnsPerHost: cfg.Conns, MaxConnsPerHost: cfg.Conns, IdleConnTimeout: time.Minute,
 		DisableCompression: true, ResponseHeaderTimeout: cfg.Timeout,
 	}
 	defer tr.CloseIdleConnections()
@@ -110,11 +112,12 @@ func FixedRate(ctx context.Context, cfg FixedRateConfig) (*FixedRateResult, erro
 	res := &FixedRateResult{}
 	lat, svc := newHistogram(), newHistogram()
 	var mu sync.Mutex
-	record := func(intended, sent time.Time, err error) {
+	record := func(intended, sent time.Time, late time.Duration, err error) {
 		now := time.Now()
 		mu.Lock()
 		defer mu.Unlock()
 		res.Sent++
+		res.MaxLateness = max(res.MaxLateness, late)
 		if err != nil {
 			res.Errors++
 			if res.First == "" {
@@ -123,54 +126,46 @@ func FixedRate(ctx context.Context, cfg FixedRateConfig) (*FixedRateResult, erro
 			return
 		}
 		res.OK++
-		_ = lat.RecordValue(max(now.Sub(intended).Microseconds(), 1)) // above 2 min: clamped by Max below
+		_ = lat.RecordValue(max(now.Sub(intended).Microseconds(), 1)) // beyond the histogram's 2 min: not recorded, Max is
 		_ = svc.RecordValue(max(now.Sub(sent).Microseconds(), 1))
 	}
 
-	sem := make(chan struct{}, cfg.MaxInFlight)
 	var wg sync.WaitGroup
-	start := time.Now()
-	var measuredFrom time.Time
-	for i := int64(0); i < total; i++ {
-		intended := start.Add(time.Duration(i) * interval)
-		if d := time.Until(intended); d > 0 {
-			select {
-			case <-ctx.Done():
-				wg.Wait()
-				return nil, ctx.Err()
-			case <-time.After(d):
-			}
-		}
-		if late := time.Since(intended); late > res.MaxLateness && i >= lead {
-			res.MaxLateness = late
-		}
-		if i == lead {
-			measuredFrom = intended
-		}
-		measure := i >= lead
-		select {
-		case sem <- struct{}{}:
-		default:
-			if measure {
-				record(intended, intended, errors.New("generator: too many requests in flight"))
-			}
-			continue
-		}
+	start := time.Now().Add(10 * time.Millisecond) // every connection's goroutine is started by then
+	conns := int64(cfg.Conns)
+	for c := int64(0); c < conns; c++ {
 		wg.Go(func() {
-			defer func() { <-sem }()
-			sent := time.Now()
-			err := get(ctx, client, cfg.URL, cfg.Header)
-			if measure {
-				record(intended, sent, err)
+			for i := c; i < total; i += conns {
+				intended := start.Add(time.Duration(i) * interval)
+				var late time.Duration
+				if d := time.Until(intended); d > 0 {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(d):
+					}
+					late = time.Since(intended)
+				}
+				if ctx.Err() != nil {
+					return
+				}
+				sent := time.Now()
+				err := get(ctx, client, cfg.URL, cfg.Header)
+				if i >= lead {
+					record(intended, sent, late, err)
+				}
 			}
 		})
 	}
 	wg.Wait()
-	res.Elapsed = time.Since(measuredFrom)
+	res.Elapsed = time.Since(start.Add(time.Duration(lead) * interval))
 	res.Latency, res.Service = percentiles(lat), percentiles(svc)
 	res.Achieved = float64(res.OK) / cfg.Duration.Seconds()
 	res.GeneratorLateMs = float64(res.MaxLateness.Microseconds()) / 1000
-	return res, ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
 func get(ctx context.Context, client *http.Client, url string, hdr http.Header) error {

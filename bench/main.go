@@ -35,7 +35,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "wrk duration per target and round")
 	fs.DurationVar(&cfg.Warmup, "warmup", 3*time.Second, "wrk warm-up per target before the first round (0: none)")
 	fs.IntVar(&cfg.Threads, "threads", 2, "wrk threads (-t)")
-	fs.IntVar(&cfg.Conns, "conns", 64, "wrk connections (-c)")
+	fs.IntVar(&cfg.Conns, "conns", 64, "connections: wrk -c, and the fixed-rate load's")
 	fs.IntVar(&cfg.Rate, "rate", 1000, "fixed-rate load, requests per second")
 	fs.DurationVar(&cfg.RateDuration, "rate-duration", 0, "fixed-rate window per target and round (0: -duration)")
 	profile := fs.Bool("profile", true, "save CPU and allocation profiles of the edge and the sidecar under load in <out>/profiles")

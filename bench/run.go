@@ -55,7 +55,7 @@ type Config struct {
 	Duration time.Duration // wrk duration per target and round (default 10s)
 	Warmup   time.Duration // wrk once per target before the rounds (default 3s)
 	Threads  int           // wrk -t (default 2)
-	Conns    int           // wrk -c (default 64)
+	Conns    int           // wrk -c, and the fixed-rate load's connections (default 64)
 	Rate     int           // fixed-rate requests per second (default 1000)
 	// RateDuration is the fixed-rate window per target and round (default
 	// Duration); each window is preceded by a 500ms unrecorded lead-in.
@@ -332,7 +332,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			}
 			cpu := t.cpu() - cpu0
 			rss := float64(t.rss()) / (1 << 20)
-			f, err := FixedRate(ctx, FixedRateConfig{URL: t.URL, Header: t.Header, Rate: cfg.Rate, Lead: 500 * time.Millisecond, Duration: cfg.RateDuration})
+			f, err := FixedRate(ctx, FixedRateConfig{URL: t.URL, Header: t.Header, Rate: cfg.Rate, Conns: cfg.Conns, Lead: 500 * time.Millisecond, Duration: cfg.RateDuration})
 			if err != nil {
 				return nil, fmt.Errorf("%s fixed rate: %w", t.Name, err)
 			}
