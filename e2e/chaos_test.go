@@ -51,15 +51,24 @@ func TestChaos(t *testing.T) {
 		c.scenario(t, "kill -9 of a pets app", c.killApp)
 		c.scenario(t, "kill -9 of a pets sidecar", c.killSidecar)
 		c.scenario(t, "control plane killed", c.killControlPlane)
-		// One slow or failing instance: a fault proxy between the pets-1
-		// sidecar and its app (see faultProxy), for two scenarios.
-		fp := startFaultProxy(t, c.m.pets1.Addrs.App, "/health")
-		if t.Run("interpose a fault proxy before pets-1", func(t *testing.T) { c.interpose(t, c.m.pets1, fp) }) {
-			c.scenario(t, "500 ms latency in pets-1", func(t *testing.T, r *chaosResult) { c.latency(t, r, fp) })
-			c.scenario(t, "50% aborts in pets-1 (subset v1)", func(t *testing.T, r *chaosResult) { c.aborts(t, r, fp, true) })
-			c.scenario(t, "50% aborts in pets-1, retries alone", func(t *testing.T, r *chaosResult) { c.aborts(t, r, fp, false) })
+		// One slow or failing instance: a fault proxy between a sidecar and
+		// its app (see faultProxy). Latency goes into pets-2 and aborts into
+		// pets-1, so that the ejections of one scenario (their times double
+		// with each ejection of the same host) do not lengthen the other's.
+		slow := startFaultProxy(t, c.m.pets2.Addrs.App, "/health")
+		failing := startFaultProxy(t, c.m.pets1.Addrs.App, "/health")
+		if t.Run("interpose fault proxies before pets-2 and pets-1", func(t *testing.T) {
+			c.interpose(t, c.m.pets2, slow)
+			c.interpose(t, c.m.pets1, failing)
+		}) {
+			c.scenario(t, "500 ms latency in pets-2", func(t *testing.T, r *chaosResult) { c.latency(t, r, c.m.pets2, slow) })
+			c.scenario(t, "50% aborts in pets-1 (subset v1)", func(t *testing.T, r *chaosResult) { c.aborts(t, r, c.m.pets1, failing, true) })
+			c.scenario(t, "50% aborts in pets-1, retries alone", func(t *testing.T, r *chaosResult) { c.aborts(t, r, c.m.pets1, failing, false) })
 		}
-		t.Run("remove the fault proxy", func(t *testing.T) { c.restoreSidecar(t, c.m.pets1) })
+		t.Run("remove the fault proxies", func(t *testing.T) {
+			c.restoreSidecar(t, c.m.pets2)
+			c.restoreSidecar(t, c.m.pets1)
+		})
 		c.scenario(t, "sync killed mid-run", c.killSync)
 		c.scenario(t, "pets database read-only", c.readOnlyDB)
 	})
@@ -81,13 +90,15 @@ type chaosConfig struct {
 }
 
 // chaosConfigFromEnv reads PETMESH_CHAOS_FULL (1: the 60 s
-// faults), PETMESH_CHAOS_RPS (default 200) and PETMESH_CHAOS_FAULT (a
-// duration overriding the fault window).
+// faults at 200 rps), PETMESH_CHAOS_RPS (default 100, or 200 when full)
+// and PETMESH_CHAOS_FAULT (a duration overriding the fault window). The
+// short default rate leaves room on a busy machine under make test, where
+// the load generator runs with -race.
 func chaosConfigFromEnv(t *testing.T) chaosConfig {
 	t.Helper()
-	c := chaosConfig{rate: 200, fault: 5 * time.Second, tail: 2 * time.Second}
+	c := chaosConfig{rate: 100, fault: 5 * time.Second, tail: 2 * time.Second}
 	if os.Getenv("PETMESH_CHAOS_FULL") == "1" {
-		c.fault, c.tail = 60*time.Second, 5*time.Second
+		c.rate, c.fault, c.tail = 200, 60*time.Second, 5*time.Second
 	}
 	if v := os.Getenv("PETMESH_CHAOS_RPS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -584,31 +595,53 @@ func (c *chaosRun) noOutlierDetection(t *testing.T) {
 	})
 }
 
-// latency: every request into pets-1 (not its health checks) is delayed
-// 500 ms. With the pets route's per-try timeout at 300 ms the edge cuts
-// those tries and retries them; the consecutive gateway failures eject
-// pets-1 (outlier detection).
-func (c *chaosRun) latency(t *testing.T, r *chaosResult, fp *faultProxy) {
+// takesRequests waits until the edge picks the instance again (not
+// ejected, healthy) and a request from the edge has passed its fault
+// proxy; it returns how long that took. (Other callers, such as the stats
+// sidecar's outbound, may reach the instance while the edge has it
+// ejected, so the proxy's count alone does not say the edge is back.)
+func (c *chaosRun) takesRequests(i launcher.Instance, fp *faultProxy, timeout time.Duration) (time.Duration, bool) {
+	start := time.Now()
+	if _, ok := waitUntil(timeout, func() bool {
+		s, err := c.edgeState(i.Addrs.Inbound)
+		return err == nil && s.available()
+	}); !ok {
+		return time.Since(start), false
+	}
+	passed := fp.passed.Load()
+	_, ok := waitUntil(timeout-time.Since(start), func() bool { return fp.passed.Load() > passed })
+	return time.Since(start), ok
+}
+
+// latency: every request into one instance (not its health checks) is
+// delayed 500 ms. With the pets route's per-try timeout at 300 ms the edge
+// cuts those tries and retries them; the consecutive gateway failures
+// eject the instance (outlier detection).
+func (c *chaosRun) latency(t *testing.T, r *chaosResult, victim launcher.Instance, fp *faultProxy) {
 	const delay, perTry = 500 * time.Millisecond, 300 * time.Millisecond
 	bound := 5 * time.Second
-	r.Fault = fmt.Sprintf("%v added to every request into pets-1 (per-try timeout %v)", delay, perTry)
-	r.Detected = "pets-1 ejected at the edge (outlier detection: consecutive gateway failures)"
-	r.Restored = "pets-1 answers requests again (ejection over, its first request passed)"
+	r.Fault = fmt.Sprintf("%v added to every request into %s (per-try timeout %v)", delay, victim.Name, perTry)
+	r.Detected = victim.Name + " ejected at the edge (outlier detection: consecutive gateway failures)"
+	r.Restored = victim.Name + " available at the edge again (ejection over) and a request from the edge passed"
 	c.setPerTryTimeout(t, perTry)
+	if took, ok := c.takesRequests(victim, fp, 60*time.Second); !ok {
+		t.Fatalf("%s does not take requests from the edge before the fault (%v)", victim.Name, took)
+	}
 	c.startLoad(t, r)
 	ej, retries := c.edgeCounter("petmesh_dataplane_outlier_ejections_total"), c.edgeCounter("petmesh_dataplane_upstream_rq_retry_total")
 	t0 := r.faultNow()
 	fp.setDelay(delay)
-	took, ok := c.ejected(c.m.pets1, c.cfg.fault+10*time.Second)
+	took, ok := c.ejected(victim, c.cfg.fault+10*time.Second)
 	r.RoutedAroundS = secondsPtr(took)
-	r.threshold(ok && took <= bound, fmt.Sprintf("pets-1 ejected within %v", bound), "took %v (seen: %v)", took, ok)
+	r.threshold(ok && took <= bound, fmt.Sprintf("%s ejected within %v", victim.Name, bound), "took %v (seen: %v)", took, ok)
 	holdUntil(t0.Add(c.cfg.fault))
 	fp.setDelay(0)
 	r.FaultSeconds = round3(time.Since(t0).Seconds())
-	passed := fp.passed.Load()
-	took, ok = waitUntil(150*time.Second, func() bool { return fp.passed.Load() > passed })
+	// Ejections last 10 s, 20 s, 40 s... (base_ejection_time doubled on
+	// each ejection of the same host).
+	took, ok = c.takesRequests(victim, fp, 150*time.Second)
 	r.RestoredS = secondsPtr(took)
-	r.threshold(ok, "pets-1 takes requests again within 150 s (ejection times grow 10 s, 20 s, 40 s...)", "not after %v", took)
+	r.threshold(ok, victim.Name+" takes requests again within 150 s", "not after %v", took)
 	r.threshold(fp.delayed.Load() > 0, "the fault fired", "no request was delayed")
 	r.measure("requests_delayed", fp.delayed.Load())
 	r.measure("edge_ejections", c.edgeCounter("petmesh_dataplane_outlier_ejections_total")-ej)
@@ -616,40 +649,43 @@ func (c *chaosRun) latency(t *testing.T, r *chaosResult, fp *faultProxy) {
 	c.finish(t, r)
 }
 
-// aborts: half of the requests into pets-1 (subset v1) are answered 503
-// without reaching the app; the edge retries them (retry_on 5xx, 2
-// retries) within its retry budget. With outlier detection (the default
-// table) pets-1 is soon ejected; without it, the retries alone must
-// absorb every abort for the whole window.
-func (c *chaosRun) aborts(t *testing.T, r *chaosResult, fp *faultProxy, outlierDetection bool) {
-	r.Fault = "50% of the requests into pets-1 (subset v1) answered 503"
-	r.Restored = "pets-1 answers requests again (ejection over, its first request passed)"
+// aborts: half of the requests into one instance are answered 503 without
+// reaching the app; the edge retries them (retry_on 5xx, 2 retries) within
+// its retry budget. With outlier detection (the default table) the
+// instance is soon ejected; without it, the retries alone must absorb
+// every abort for the whole window.
+func (c *chaosRun) aborts(t *testing.T, r *chaosResult, victim launcher.Instance, fp *faultProxy, outlierDetection bool) {
+	r.Fault = fmt.Sprintf("50%% of the requests into %s (subset %s) answered 503", victim.Name, victim.Version)
+	r.Restored = victim.Name + " available at the edge again (ejection over) and a request from the edge passed"
 	if outlierDetection {
-		r.Detected = "pets-1 ejected at the edge (outlier detection: consecutive 5xx)"
+		r.Detected = victim.Name + " ejected at the edge (outlier detection: consecutive 5xx)"
 	} else {
 		r.Fault += ", outlier detection off"
-		r.Restored = "pets-1 answers requests again"
+		r.Restored = "a request from the edge passed " + victim.Name
 		c.noOutlierDetection(t)
+	}
+	if took, ok := c.takesRequests(victim, fp, 60*time.Second); !ok {
+		t.Fatalf("%s does not take requests from the edge before the fault (%v)", victim.Name, took)
 	}
 	c.startLoad(t, r)
 	ej := c.edgeCounter("petmesh_dataplane_outlier_ejections_total")
 	retries := c.edgeCounter("petmesh_dataplane_upstream_rq_retry_total")
 	overflow := c.edgeCounter("petmesh_dataplane_upstream_rq_retry_overflow_total")
+	aborted0 := fp.aborted.Load()
 	t0 := r.faultNow()
 	fp.setAbort(50, http.StatusServiceUnavailable)
 	if outlierDetection {
-		if took, ok := c.ejected(c.m.pets1, c.cfg.fault); ok {
+		if took, ok := c.ejected(victim, c.cfg.fault); ok {
 			r.RoutedAroundS = secondsPtr(took)
 		}
 	}
 	holdUntil(t0.Add(c.cfg.fault))
 	fp.setAbort(0, 0)
 	r.FaultSeconds = round3(time.Since(t0).Seconds())
-	passed := fp.passed.Load()
-	took, ok := waitUntil(150*time.Second, func() bool { return fp.passed.Load() > passed })
+	took, ok := c.takesRequests(victim, fp, 150*time.Second)
 	r.RestoredS = secondsPtr(took)
-	r.threshold(ok, "pets-1 takes requests again within 150 s", "not after %v", took)
-	aborted := fp.aborted.Load()
+	r.threshold(ok, victim.Name+" takes requests again within 150 s", "not after %v", took)
+	aborted := fp.aborted.Load() - aborted0
 	dRetries := c.edgeCounter("petmesh_dataplane_upstream_rq_retry_total") - retries
 	dOverflow := c.edgeCounter("petmesh_dataplane_upstream_rq_retry_overflow_total") - overflow
 	r.measure("requests_aborted", aborted)
@@ -658,7 +694,7 @@ func (c *chaosRun) aborts(t *testing.T, r *chaosResult, fp *faultProxy, outlierD
 	dEj := c.edgeCounter("petmesh_dataplane_outlier_ejections_total") - ej
 	r.measure("edge_ejections", dEj)
 	if !outlierDetection {
-		r.threshold(dEj == 0, "pets-1 never ejected (outlier detection off)", "%v ejections", dEj)
+		r.threshold(dEj == 0, victim.Name+" never ejected (outlier detection off)", "%v ejections", dEj)
 	}
 	r.threshold(aborted > 0, "the fault fired", "no request was aborted")
 	r.threshold(dRetries > 0, "the edge retried", "no retries for %d aborts", aborted)
