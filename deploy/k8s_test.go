@@ -542,6 +542,29 @@ func TestConfigMaps(t *testing.T) {
 		if !strings.Contains(cfg, sd) {
 			t.Fatalf("prometheus.yml has no pod discovery block %q", sd)
 		}
+		// The dashboards group sidecar and app series by the target labels
+		// service and petmesh_instance, as in the other topologies.
+		var parsed struct {
+			ScrapeConfigs []struct {
+				RelabelConfigs []struct {
+					TargetLabel string `yaml:"target_label"`
+				} `yaml:"relabel_configs"`
+			} `yaml:"scrape_configs"`
+		}
+		if err := yaml3.Unmarshal([]byte(cfg), &parsed); err != nil {
+			t.Fatal(err)
+		}
+		set := map[string]bool{}
+		for _, sc := range parsed.ScrapeConfigs {
+			for _, rc := range sc.RelabelConfigs {
+				set[rc.TargetLabel] = true
+			}
+		}
+		for _, l := range []string{"job", "service", "petmesh_instance"} {
+			if !set[l] {
+				t.Errorf("no relabelling sets the target label %s", l)
+			}
+		}
 		cfg = strings.Replace(cfg, sd, "    static_configs:\n      - targets: [\"pod:7101\"]\n", 1)
 		for name, body := range map[string]string{
 			"prometheus.yml": cfg,

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
+	"github.com/petmesh/petmesh/dev/launcher"
 	"github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/testutil/promtest"
 	"github.com/petmesh/petmesh/observability"
@@ -53,7 +58,10 @@ func TestObservability(t *testing.T) {
 	}
 
 	m := startMesh(t, "builtin", "")
-	targets := m.scrapeTargets()
+	// The scrape targets are those of the committed make-run configuration
+	// (prometheus.local.yml) rendered for the test's ports, as `make run
+	// OBS=1` renders it; they must be every process's metrics endpoint.
+	targets, targetLabels := m.localScrapeConfig(t)
 	n := 0
 	for _, addrs := range targets {
 		n += len(addrs)
@@ -122,6 +130,14 @@ func TestObservability(t *testing.T) {
 		t.Logf("%d expressions (%d alert rules) return data", len(exprs), len(rules))
 	})
 
+	t.Run("every grouping label exists", func(t *testing.T) {
+		for _, e := range exprs {
+			if why := labelsExist(ctx, p, e, targetLabels); why != "" {
+				t.Errorf("%s: %s", e.Source, why)
+			}
+		}
+	})
+
 	t.Run("every rule is loaded and evaluates", func(t *testing.T) {
 		want := map[string]bool{}
 		for _, r := range rules {
@@ -163,6 +179,82 @@ func TestObservability(t *testing.T) {
 		})
 	})
 	checkLoad(t, ld, 1)
+}
+
+// localScrapeConfig renders observability/prometheus/prometheus.local.yml
+// for the mesh's addresses (launcher.RenderPrometheusConfig, as `make run
+// OBS=1` does) and returns its targets by job, and the names of the
+// target labels it attaches (service, petmesh_instance). Targets of
+// processes this mesh does not run (Consul, Jaeger, Prometheus itself)
+// keep their dev address and are left out. It fails t unless the
+// remaining targets are exactly m.scrapeTargets().
+func (m *mesh) localScrapeConfig(t *testing.T) (map[string][]string, map[string]bool) {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join(testutil.RepoRoot(t), "observability", "prometheus", "prometheus.local.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rendered, _, err := launcher.RenderPrometheusConfig(src, m.a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName       string `yaml:"job_name"`
+			StaticConfigs []struct {
+				Targets []string          `yaml:"targets"`
+				Labels  map[string]string `yaml:"labels"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(rendered, &cfg); err != nil {
+		t.Fatalf("rendered prometheus.local.yml: %v", err)
+	}
+	ours := map[string]bool{}
+	for _, addrs := range m.scrapeTargets() {
+		for _, a := range addrs {
+			ours[a] = true
+		}
+	}
+	others := map[string]bool{m.a.Edge: true, m.a.XDS: true, m.a.Standin: true}
+	for _, i := range []launcher.Instance{m.pets1, m.pets2, m.syncI, m.stats} {
+		others[i.Addrs.App], others[i.Addrs.Inbound], others[i.Addrs.Outbound] = true, true, true
+	}
+	targets, labels := map[string][]string{}, map[string]bool{}
+	for _, sc := range cfg.ScrapeConfigs {
+		for _, st := range sc.StaticConfigs {
+			for _, tg := range st.Targets {
+				switch {
+				case ours[tg]:
+					targets[sc.JobName] = append(targets[sc.JobName], tg)
+					for l := range st.Labels {
+						labels[l] = true
+					}
+				case others[tg]:
+					t.Errorf("prometheus.local.yml job %s scrapes %s, which is not a metrics endpoint", sc.JobName, tg)
+				default:
+					t.Logf("prometheus.local.yml job %s: %s is not run by this mesh", sc.JobName, tg)
+				}
+			}
+		}
+	}
+	want := m.scrapeTargets()
+	for job := range want {
+		sort.Strings(want[job])
+		sort.Strings(targets[job])
+		if !slices.Equal(targets[job], want[job]) {
+			t.Errorf("prometheus.local.yml job %s scrapes %v of this mesh, want %v", job, targets[job], want[job])
+		}
+	}
+	for job := range targets {
+		if _, ok := want[job]; !ok {
+			t.Errorf("prometheus.local.yml job %s scrapes %v, expected under another job", job, targets[job])
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	return targets, labels
 }
 
 // scrapeTargets returns every metrics endpoint of the mesh by job, with
@@ -226,6 +318,43 @@ func exprHasData(ctx context.Context, p *promtest.Prometheus, e observability.Ex
 	}
 	if !r.HasData() {
 		return fmt.Sprintf("no data from %q", q)
+	}
+	return ""
+}
+
+// labelsExist returns "" when every label e groups or matches by
+// (observability.GroupingLabels) is on at least one series of the
+// metrics e reads, or is a target label the scrape configuration
+// attaches (whose presence in every topology observability's and deploy's
+// tests check); else which label is missing. A missing label would group
+// everything under "" without any error.
+func labelsExist(ctx context.Context, p *promtest.Prometheus, e observability.Expr, targetLabels map[string]bool) string {
+	q := e.Query(obsRateInterval)
+	names := metricName.FindAllString(q, -1)
+	for _, n := range []string{"up", "process_start_time_seconds"} {
+		if regexp.MustCompile(`\b` + n + `\b`).MatchString(q) {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "reads no known metric"
+	}
+	var missing []string
+	for _, l := range observability.GroupingLabels(q) {
+		if targetLabels[l] {
+			continue
+		}
+		sel := fmt.Sprintf(`count({__name__=~%q, %s!=""})`, strings.Join(names, "|"), l)
+		r, err := p.Query(ctx, sel)
+		if err != nil {
+			return err.Error()
+		}
+		if !r.HasData() {
+			missing = append(missing, l)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Sprintf("no series of %v has the label(s) %v", names, missing)
 	}
 	return ""
 }

@@ -93,7 +93,7 @@ func TestPrometheusConfigs(t *testing.T) {
 		targets []string
 	}{
 		{desc: "compose", file: "prometheus.yml", targets: []string{"edge:8081", "controlplane:18080", "pets-1:15000", "pets-2:7101", "sync:7102", "stats:7103", "stats:15000"}},
-		{desc: "local", file: "prometheus.local.yml", targets: []string{"127.0.0.1:8081", "127.0.0.1:18080", "127.0.0.1:7101", "127.0.0.1:7111", "127.0.0.1:7102", "127.0.0.1:7103", "127.0.0.1:15010", "127.0.0.1:15020", "127.0.0.1:15030", "127.0.0.1:15040", "127.0.0.1:8500"}},
+		{desc: "local", file: "prometheus.local.yml", targets: []string{"127.0.0.1:8081", "127.0.0.1:18080", "127.0.0.1:7101", "127.0.0.1:7111", "127.0.0.1:7102", "127.0.0.1:7103", "127.0.0.1:15010", "127.0.0.1:15020", "127.0.0.1:15030", "127.0.0.1:15040", "127.0.0.1:8500", "127.0.0.1:8888"}},
 	}
 	alerts, err := os.ReadFile(filepath.Join("prometheus", "alerts.yml"))
 	if err != nil {
@@ -110,12 +110,26 @@ func TestPrometheusConfigs(t *testing.T) {
 				ScrapeConfigs []struct {
 					JobName       string `yaml:"job_name"`
 					StaticConfigs []struct {
-						Targets []string `yaml:"targets"`
+						Targets []string          `yaml:"targets"`
+						Labels  map[string]string `yaml:"labels"`
 					} `yaml:"static_configs"`
 				} `yaml:"scrape_configs"`
 			}
 			if err := yaml.Unmarshal(raw, &cfg); err != nil {
 				t.Fatalf("parse: %v", err)
+			}
+			// The dashboards group sidecar and app series by these target
+			// labels (the e2e test checks every other grouping label on
+			// the binaries' own series).
+			for _, sc := range cfg.ScrapeConfigs {
+				switch sc.JobName {
+				case "sidecar", "pets", "sync", "stats":
+					for _, st := range sc.StaticConfigs {
+						if st.Labels["service"] == "" || st.Labels["petmesh_instance"] == "" {
+							t.Errorf("job %s targets %v: want labels service and petmesh_instance, got %v", sc.JobName, st.Targets, st.Labels)
+						}
+					}
+				}
 			}
 			jobs := map[string]bool{}
 			targets := map[string]bool{}

@@ -2,6 +2,7 @@ package observability
 
 import (
 	"regexp"
+	"sort"
 	"strings"
 )
 
@@ -104,3 +105,27 @@ func isIdentStart(c byte) bool {
 }
 
 func isIdent(c byte) bool { return isIdentStart(c) || (c >= '0' && c <= '9') }
+
+// grouping matches a PromQL grouping or matching clause and its label
+// list: by (...), without (...), on (...), ignoring (...), group_left
+// (...), group_right (...).
+var grouping = regexp.MustCompile(`\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)`)
+
+// GroupingLabels returns the labels expr groups or matches by, sorted and
+// without duplicates. A label that no series has makes such a clause
+// silently group everything under the empty value, so the end-to-end test
+// checks that each one exists.
+func GroupingLabels(expr string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, m := range grouping.FindAllStringSubmatch(expr, -1) {
+		for _, l := range strings.Split(m[1], ",") {
+			if l = strings.TrimSpace(l); l != "" && !seen[l] {
+				seen[l] = true
+				out = append(out, l)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}

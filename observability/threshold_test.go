@@ -1,6 +1,7 @@
 package observability_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/petmesh/petmesh/observability"
@@ -51,6 +52,22 @@ func TestEveryAlertHasAThreshold(t *testing.T) {
 		}
 		if _, _, ok := observability.SplitThreshold(r.Expr); !ok {
 			t.Errorf("alert %s: not of the form <expr> <comparison> <constant>: %s", r.Alert, r.Expr)
+		}
+	}
+}
+
+func TestGroupingLabels(t *testing.T) {
+	tests := []struct{ expr, want string }{
+		{expr: "sum(rate(x[1m]))", want: ""},
+		{expr: "sum by (cluster) (rate(x[1m]))", want: "cluster"},
+		{expr: "histogram_quantile(0.99, sum by (route, le) (rate(x[5m]))) > 1", want: "le,route"},
+		{expr: "sum without(code,instance)(x) / on (job) group_left(version) y", want: "code,instance,job,version"},
+		{expr: "max by (job, instance, cluster) (a) or sum by (cluster) (b) * 0", want: "cluster,instance,job"},
+		{expr: `x{by="a"}`, want: ""},
+	}
+	for _, tc := range tests {
+		if got := strings.Join(observability.GroupingLabels(tc.expr), ","); got != tc.want {
+			t.Errorf("GroupingLabels(%q) = %q, want %q", tc.expr, got, tc.want)
 		}
 	}
 }

@@ -53,6 +53,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Name: "petmesh_sync_last_success_timestamp_seconds",
 			Help: "Unix time at which the last successful run finished."}),
 	}
+	// Every result and error kind exists from the start at 0, so that
+	// dashboards and alerts see 0 (not no data) until one happens.
+	for _, r := range []string{StatusSucceeded, StatusFailed, StatusInterrupted, "skipped"} {
+		m.Runs.WithLabelValues(r)
+	}
+	for _, k := range []string{petfinder.KindRateLimited, petfinder.KindServer, petfinder.KindNetwork, petfinder.KindTimeout,
+		petfinder.KindUnauthorized, petfinder.KindClient, petfinder.KindDecode, petfinder.KindToken} {
+		m.PetfinderErrors.WithLabelValues(k)
+	}
 	reg.MustRegister(m.Runs, m.Duration, m.Upserted, m.PetfinderErrors, m.LastSuccess)
 	return m
 }
