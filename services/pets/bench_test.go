@@ -13,9 +13,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/petmesh/petmesh/internal/telemetry"
 	"github.com/petmesh/petmesh/internal/testutil"
@@ -101,10 +104,6 @@ func benchDB(b *testing.B) string {
 	return path
 }
 
-// BenchmarkListPets measures GET /pets with two filters and limit=20
-// through the real handler (middleware, tracing, metrics) over a
-// loopback socket, against 100k pets in SQLite. The client runs in the
-// same process and shares the CPUs.
 // cpuTime is the user+system CPU time used by this process so far.
 func cpuTime(b *testing.B) time.Duration {
 	var ru syscall.Rusage
@@ -114,61 +113,228 @@ func cpuTime(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func BenchmarkListPets(b *testing.B) {
-	path := benchDB(b)
-	tel := telemetry.NewTest(io.Discard)
-	st, err := store.Open(b.Context(), "sqlite://"+path, store.Options{Tracer: tel.Tracer("store"), Registerer: tel.Registry})
+// benchDSN is the DSN of the benchmark database, with the SQLite
+// parameters of PETS_BENCH_DB_PARAMS (e.g. _pragma=mmap_size(0)) to
+// compare settings.
+func benchDSN(path string) string {
+	if p := os.Getenv("PETS_BENCH_DB_PARAMS"); p != "" {
+		return "sqlite://" + path + "?" + p
+	}
+	return "sqlite://" + path
+}
+
+// benchQuery is the list request of the issue's target: two filters,
+// 20 results.
+const benchQuery = "/pets?species=Dog&status=adoptable&limit=20"
+
+// benchPages returns the paths of the first n pages of benchQuery (the
+// first without a cursor), read from the store.
+func benchPages(b *testing.B, path string, n int) []string {
+	b.Helper()
+	st, err := store.Open(b.Context(), "sqlite://"+path, store.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer func() { _ = st.Close() }()
-	h, err := pets.NewHandler(st, tel, pets.HandlerOptions{})
+	out := []string{benchQuery}
+	q := store.ListQuery{Species: "Dog", Status: "adoptable", Limit: 20}
+	buf := make([]byte, 0, 64<<10)
+	for len(out) < n {
+		_, next, err := st.AppendListJSON(b.Context(), buf[:0], q)
+		if err != nil || next == "" {
+			b.Fatalf("page %d: next %q, %v", len(out), next, err)
+		}
+		q.Cursor = next
+		out = append(out, benchQuery+"&cursor="+next)
+	}
+	return out
+}
+
+// benchPageCount is how many distinct pages the miss scenarios cycle
+// through: many times what benchMissCache holds, so that every request
+// misses (a cyclic scan defeats LRU).
+const (
+	benchPageCount = 1000
+	benchMissCache = 1 << 20 // about 60 pages of 20 pets
+)
+
+// listScenario is one load of the list benchmarks.
+type listScenario struct {
+	name       string
+	cacheBytes int64
+	// pages: cycle through benchPageCount distinct pages instead of
+	// asking for the first page every time.
+	pages bool
+}
+
+// listScenarios compare, in one run: the cache off (every request runs
+// the SQL query), every request a hit, and a cycle of distinct pages
+// with the cache off and with a small cache that misses every time (the
+// miss path: query, ETag, copy and insertion into the cache).
+var listScenarios = []listScenario{
+	{name: "cache=off", cacheBytes: 0},
+	{name: "cache=hit", cacheBytes: pets.DefaultListCacheBytes},
+	{name: "pages/cache=off", cacheBytes: 0, pages: true},
+	{name: "pages/cache=miss", cacheBytes: benchMissCache, pages: true},
+}
+
+// paths returns the request paths of the scenario; pages are read once
+// into *pages and shared by the scenarios.
+func (s listScenario) paths(b *testing.B, db string, pages *[]string) []string {
+	if !s.pages {
+		return []string{benchQuery}
+	}
+	if *pages == nil {
+		*pages = benchPages(b, db, benchPageCount)
+	}
+	return *pages
+}
+
+// BenchmarkListPets measures GET /pets (two filters, 20 results)
+// through the real handler (middleware, tracing, metrics) over a
+// loopback socket, against 100k pets in SQLite, in each listScenario.
+// The client runs in the same process and shares the CPUs; allocs/op
+// count both sides.
+func BenchmarkListPets(b *testing.B) {
+	db := benchDB(b)
+	var pages []string
+	for _, sc := range listScenarios {
+		b.Run(sc.name, func(b *testing.B) {
+			paths := sc.paths(b, db, &pages)
+			tel := telemetry.NewTest(io.Discard)
+			st, err := store.Open(b.Context(), benchDSN(db), store.Options{Tracer: tel.Tracer("store"), Registerer: tel.Registry})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer func() { _ = st.Close() }()
+			h, err := pets.NewHandler(st, tel, pets.HandlerOptions{ListCacheBytes: sc.cacheBytes})
+			if err != nil {
+				b.Fatal(err)
+			}
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			lookups := func() (hits, all float64) {
+				hits = cacheLookups(b, tel.Registry, "hit")
+				return hits, hits + cacheLookups(b, tel.Registry, "miss")
+			}
+			h0, a0 := lookups()
+			load := runListLoad(b, srv.URL, paths)
+			h1, a1 := lookups()
+			load.report(b)
+			// Requests per CPU-second of this process, server and client together.
+			b.ReportMetric(float64(load.n)/load.cpu.Seconds(), "req/cpu-s")
+			if sc.cacheBytes > 0 && a1 > a0 {
+				b.ReportMetric(100*(h1-h0)/(a1-a0), "hit-%")
+			}
+		})
+	}
+}
+
+// cacheLookups returns the list cache's lookups with result (hit or
+// miss) counted in g.
+func cacheLookups(b *testing.B, g prometheus.Gatherer, result string) float64 {
+	mfs, err := g.Gather()
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	load := runListLoad(b, srv.URL)
-	load.report(b)
-	// Requests per CPU-second of this process, server and client together.
-	b.ReportMetric(float64(load.n)/load.cpu.Seconds(), "req/cpu-s")
+	for _, mf := range mfs {
+		if mf.GetName() != "petmesh_pets_list_cache_lookups_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// seriesValue finds series in a text exposition and returns its value,
+// or 0.
+func seriesValue(text, series string) float64 {
+	for line := range strings.Lines(text) {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			if err == nil {
+				return v
+			}
+		}
+	}
+	return 0
 }
 
 // BenchmarkListPetsProcess is BenchmarkListPets against the real pets
-// binary in its own process, so that the CPU time the server alone
-// spends per request can be measured (from /proc), apart from the
-// client's.
+// binary in its own process, so that the CPU time and the allocations of
+// the server alone can be measured (from /proc and its /metrics), apart
+// from the client's.
 func BenchmarkListPetsProcess(b *testing.B) {
-	path := benchDB(b)
+	db := benchDB(b)
 	bin := testutil.BuildBinary(b, "./services/pets/cmd/pets")
-	p := testutil.Start(b, bin, testutil.StartOptions{
-		Args:      []string{"-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-db", "sqlite://" + path, "-pprof"},
-		Env:       []string{"OTEL_TRACES_EXPORTER=none"},
-		Listeners: []string{"http", "admin"},
-	})
-	pid := p.Cmd.Process.Pid
-	cpu0, err := procCPU(pid)
-	if err != nil {
-		b.Skipf("no per-process CPU accounting: %v", err)
-	}
-	if out := os.Getenv("PETS_BENCH_SERVER_PROFILE"); out != "" {
-		// Profile the server while the load runs.
-		done := make(chan error, 1)
-		go func() { done <- saveProfile(p.URL("admin")+"/debug/pprof/profile?seconds=5", out) }()
-		defer func() {
-			if err := <-done; err != nil {
-				b.Error(err)
+	var pages []string
+	for _, sc := range listScenarios {
+		b.Run(sc.name, func(b *testing.B) {
+			paths := sc.paths(b, db, &pages)
+			p := testutil.Start(b, bin, testutil.StartOptions{
+				Args: []string{"-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-db", benchDSN(db), "-pprof",
+					"-list-cache-bytes", strconv.FormatInt(sc.cacheBytes, 10)},
+				Env:       []string{"OTEL_TRACES_EXPORTER=none"},
+				Listeners: []string{"http", "admin"},
+			})
+			defer p.Kill()
+			pid := p.Cmd.Process.Pid
+			metrics := func() string {
+				resp, err := http.Get(p.URL("admin") + "/metrics")
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer func() { _ = resp.Body.Close() }()
+				body, err := io.ReadAll(resp.Body)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return string(body)
 			}
-		}()
-	}
-	load := runListLoad(b, p.URL("http"))
-	cpu, err := procCPU(pid)
-	if err != nil {
-		b.Fatal(err)
-	}
-	load.report(b)
-	if d := cpu - cpu0; d > 0 {
-		b.ReportMetric(float64(load.n)/d.Seconds(), "server-req/cpu-s")
+			m0 := metrics()
+			cpu0, err := procCPU(pid)
+			if err != nil {
+				b.Skipf("no per-process CPU accounting: %v", err)
+			}
+			if out := os.Getenv("PETS_BENCH_SERVER_PROFILE"); out != "" {
+				// Profile the server while the load runs.
+				done := make(chan error, 1)
+				go func() {
+					done <- saveProfile(p.URL("admin")+"/debug/pprof/profile?seconds=5", strings.ReplaceAll(out, "%s", strings.ReplaceAll(sc.name, "/", "-")))
+				}()
+				defer func() {
+					if err := <-done; err != nil {
+						b.Error(err)
+					}
+				}()
+			}
+			load := runListLoad(b, p.URL("http"), paths)
+			cpu, err := procCPU(pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			m1 := metrics()
+			load.report(b)
+			if d := cpu - cpu0; d > 0 {
+				b.ReportMetric(float64(load.n)/d.Seconds(), "server-req/cpu-s")
+			}
+			// The two scrapes' own allocations are noise next to the load's.
+			const mallocs = "go_memstats_mallocs_total"
+			b.ReportMetric((seriesValue(m1, mallocs)-seriesValue(m0, mallocs))/float64(load.n), "server-allocs/req")
+			if sc.cacheBytes > 0 {
+				hit, miss := `petmesh_pets_list_cache_lookups_total{result="hit"}`, `petmesh_pets_list_cache_lookups_total{result="miss"}`
+				hits := seriesValue(m1, hit) - seriesValue(m0, hit)
+				if all := hits + seriesValue(m1, miss) - seriesValue(m0, miss); all > 0 {
+					b.ReportMetric(100*hits/all, "hit-%")
+				}
+			}
+		})
 	}
 }
 
@@ -216,6 +382,9 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / ticksPerSecond, nil
 }
 
+// benchWarmup is the least number of requests sent before measuring.
+const benchWarmup = 500
+
 // listLoad is the outcome of runListLoad.
 type listLoad struct {
 	n         int
@@ -224,14 +393,18 @@ type listLoad struct {
 	latencies []time.Duration
 }
 
-// runListLoad sends GET /pets?species=Dog&status=adoptable&limit=20 to
-// base from b.RunParallel goroutines over kept-alive connections.
-func runListLoad(b *testing.B, base string) listLoad {
+// runListLoad sends GET requests for paths, in turn from one shared
+// sequence, to base from b.RunParallel goroutines over kept-alive
+// connections.
+func runListLoad(b *testing.B, base string, paths []string) listLoad {
 	tr := &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	url := base + "/pets?species=Dog&status=adoptable&limit=20"
-	get := func() error {
+	urls := make([]string, len(paths))
+	for i, p := range paths {
+		urls[i] = base + p
+	}
+	get := func(url string) error {
 		resp, err := client.Get(url)
 		if err != nil {
 			return err
@@ -243,13 +416,18 @@ func runListLoad(b *testing.B, base string) listLoad {
 		}
 		return err
 	}
-	if err := get(); err != nil { // warm up: prepared statement, connections
-		b.Fatal(err)
+	// Warm up (prepared statements, connections, page caches): every
+	// path once, and at least benchWarmup requests.
+	for i := range max(len(urls), benchWarmup) {
+		if err := get(urls[i%len(urls)]); err != nil {
+			b.Fatal(err)
+		}
 	}
 
 	var (
 		mu  sync.Mutex
 		all []time.Duration
+		seq atomic.Uint64
 	)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -258,8 +436,9 @@ func runListLoad(b *testing.B, base string) listLoad {
 	b.RunParallel(func(pb *testing.PB) {
 		local := make([]time.Duration, 0, 1024)
 		for pb.Next() {
+			url := urls[int(seq.Add(1)%uint64(len(urls)))]
 			t0 := time.Now()
-			if err := get(); err != nil {
+			if err := get(url); err != nil {
 				b.Error(err)
 				return
 			}

@@ -23,6 +23,10 @@ var sqlitePragmas = []string{
 	"synchronous(NORMAL)",
 	"foreign_keys(1)",
 	"cache_size(-16384)", // 16 MiB of page cache per connection
+	// Reads through a shared memory map instead of read(2) into each
+	// connection's cache: list pages whose rows are not in that cache
+	// cost about 1.4x less CPU (README, Benchmark).
+	"mmap_size(268435456)",
 }
 
 // SQLitePath returns the file path of a SQLite DSN: sqlite://PATH,
