@@ -258,8 +258,9 @@ func TestRenderPrometheusConfig(t *testing.T) {
 // TestObsRealServers starts, through the launcher and the OBS topology,
 // the real Jaeger and Prometheus and one petmesh process (pets-1), all on
 // free ports: pets-1's spans reach that Jaeger under its service name and
-// instance id, and Prometheus scrapes pets-1 and itself at the run's
-// addresses.
+// instance id, Prometheus scrapes pets-1 and itself at the run's
+// addresses, and it stores that trace as an exemplar of pets-1's latency
+// histogram.
 func TestObsRealServers(t *testing.T) {
 	jaegerBin := jaegertest.Bin(t)
 	promBin := promtest.Bin(t)
@@ -326,10 +327,12 @@ func TestObsRealServers(t *testing.T) {
 
 	// The request's trace: pets's server span and its database span, from
 	// service "pets", instance pets-1.
+	var traceID string
 	testutil.Eventually(t, 30*time.Second, func() error {
 		var resp struct {
 			Data []struct {
-				Spans []struct {
+				TraceID string `json:"traceID"`
+				Spans   []struct {
 					OperationName string `json:"operationName"`
 					ProcessID     string `json:"processID"`
 					Tags          []struct {
@@ -369,6 +372,7 @@ func TestObsRealServers(t *testing.T) {
 				}
 			}
 			if server && db {
+				traceID = tr.TraceID
 				return nil
 			}
 		}
@@ -401,5 +405,33 @@ func TestObsRealServers(t *testing.T) {
 			}
 		}
 		return nil
+	})
+
+	// Prometheus stored the trace as an exemplar of pets's latency
+	// histogram (OpenMetrics scrape, --enable-feature=exemplar-storage).
+	testutil.Eventually(t, 30*time.Second, func() error {
+		var resp struct {
+			Data []struct {
+				SeriesLabels map[string]string `json:"seriesLabels"`
+				Exemplars    []struct {
+					Labels map[string]string `json:"labels"`
+				} `json:"exemplars"`
+			} `json:"data"`
+		}
+		q := url.Values{"query": {`http_server_request_duration_seconds_bucket{job="pets"}`},
+			"start": {strconv.FormatInt(time.Now().Add(-time.Hour).Unix(), 10)}, "end": {strconv.FormatInt(time.Now().Add(time.Minute).Unix(), 10)}}
+		if err := get("http://"+a.Prometheus+"/api/v1/query_exemplars?"+q.Encode(), &resp); err != nil {
+			return err
+		}
+		var seen []string
+		for _, series := range resp.Data {
+			for _, e := range series.Exemplars {
+				if e.Labels["trace_id"] == traceID && series.SeriesLabels["http_route"] == "/pets" {
+					return nil
+				}
+				seen = append(seen, series.SeriesLabels["http_route"]+":"+e.Labels["trace_id"])
+			}
+		}
+		return fmt.Errorf("no exemplar with trace %s on http_server_request_duration_seconds_bucket{http_route=\"/pets\"}; seen %v", traceID, seen)
 	})
 }
