@@ -49,7 +49,10 @@ type chaosSample struct {
 	At time.Duration
 	// Latency runs from the due time to the end of the response body.
 	Latency time.Duration
-	Status  int
+	// Lag is how late the generator started the request (the test
+	// process starved of CPU, not the mesh).
+	Lag    time.Duration
+	Status int
 	// Reason is empty for a success (200), else why it failed.
 	Reason string
 }
@@ -95,7 +98,7 @@ func (l *chaosLoad) schedule(ctx context.Context) {
 // send runs one request. Requests are never cancelled by stop: one in
 // flight when the load stops still counts, with the client's timeout.
 func (l *chaosLoad) send(due time.Time) {
-	s := chaosSample{At: due.Sub(l.start)}
+	s := chaosSample{At: due.Sub(l.start), Lag: time.Since(due)}
 	req, err := http.NewRequest(http.MethodGet, l.url, nil)
 	if err != nil {
 		s.Reason = err.Error()
@@ -202,6 +205,8 @@ type chaosStats struct {
 	// Latency percentiles of every request (failed ones included: a
 	// request that waited 5 s for a 504 waited 5 s).
 	P50, P99, Max time.Duration
+	// LagP99 is the 99th percentile of the generator's lag.
+	LagP99 time.Duration
 	// FirstFailure and LastFailure are due times since the load started;
 	// -1 when nothing failed.
 	FirstFailure, LastFailure time.Duration
@@ -221,6 +226,7 @@ type chaosSecond struct {
 func summarizeLoad(samples []chaosSample) chaosStats {
 	st := chaosStats{Failures: map[string]int{}, FirstFailure: -1, LastFailure: -1}
 	lat := make([]time.Duration, 0, len(samples))
+	lag := make([]time.Duration, 0, len(samples))
 	var bucket []time.Duration
 	flush := func(sec int) {
 		for len(st.Seconds) <= sec {
@@ -242,6 +248,7 @@ func summarizeLoad(samples []chaosSample) chaosStats {
 		st.Sent++
 		st.Seconds[sec].Sent++
 		lat = append(lat, s.Latency)
+		lag = append(lag, s.Lag)
 		bucket = append(bucket, s.Latency)
 		if s.Reason == "" {
 			st.OK++
@@ -259,6 +266,7 @@ func summarizeLoad(samples []chaosSample) chaosStats {
 		flush(cur)
 	}
 	st.P50, st.P99 = latencyQuantile(lat, 0.50), latencyQuantile(lat, 0.99)
+	st.LagP99 = latencyQuantile(lag, 0.99)
 	if len(lat) > 0 {
 		st.Max = slices.Max(lat)
 	}

@@ -624,10 +624,10 @@ func (c *chaosRun) latency(t *testing.T, r *chaosResult, victim launcher.Instanc
 	r.Detected = victim.Name + " ejected at the edge (outlier detection: consecutive gateway failures)"
 	r.Restored = victim.Name + " available at the edge again (ejection over) and a request from the edge passed"
 	c.setPerTryTimeout(t, perTry)
+	c.startLoad(t, r)
 	if took, ok := c.takesRequests(victim, fp, 60*time.Second); !ok {
 		t.Fatalf("%s does not take requests from the edge before the fault (%v)", victim.Name, took)
 	}
-	c.startLoad(t, r)
 	ej, retries := c.edgeCounter("petmesh_dataplane_outlier_ejections_total"), c.edgeCounter("petmesh_dataplane_upstream_rq_retry_total")
 	t0 := r.faultNow()
 	fp.setDelay(delay)
@@ -664,10 +664,10 @@ func (c *chaosRun) aborts(t *testing.T, r *chaosResult, victim launcher.Instance
 		r.Restored = "a request from the edge passed " + victim.Name
 		c.noOutlierDetection(t)
 	}
+	c.startLoad(t, r)
 	if took, ok := c.takesRequests(victim, fp, 60*time.Second); !ok {
 		t.Fatalf("%s does not take requests from the edge before the fault (%v)", victim.Name, took)
 	}
-	c.startLoad(t, r)
 	ej := c.edgeCounter("petmesh_dataplane_outlier_ejections_total")
 	retries := c.edgeCounter("petmesh_dataplane_upstream_rq_retry_total")
 	overflow := c.edgeCounter("petmesh_dataplane_upstream_rq_retry_overflow_total")
