@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	oxyutils "github.com/vulcand/oxy/v2/utils"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/petmesh/petmesh/internal/httpx"
@@ -398,12 +399,16 @@ func (b *cancelBody) Close() error {
 }
 
 // StatusClientClosedRequest is the status recorded (never seen by the
-// client) when the client went away before the response.
-const StatusClientClosedRequest = 499
+// client) when the client went away before the response (oxy's and
+// nginx's 499).
+const StatusClientClosedRequest = oxyutils.StatusClientClosedRequest
 
 // errorStatus maps an upstream error to the response: circuit breaker and
 // no healthy endpoint 503, connect failure 503, timeouts 504, client gone
-// 499, anything else (reset, protocol error) 502.
+// 499, as Envoy does. Any other error is classified by oxy's error handler
+// (a network timeout 504, a reset or another network error 502), always
+// as a gateway error: an error oxy does not know (a malformed response)
+// is a 502, never a 500.
 func errorStatus(r *http.Request, err error) *httpx.Error {
 	switch {
 	case errors.Is(err, errOverloaded):
@@ -418,10 +423,36 @@ func errorStatus(r *http.Request, err error) *httpx.Error {
 		return &httpx.Error{Status: 504, Code: httpx.CodeTimeout, Message: "upstream request timeout"}
 	case isConnectErr(err):
 		return &httpx.Error{Status: 503, Code: httpx.CodeUnavailable, Message: "upstream connect error"}
-	default:
-		return &httpx.Error{Status: 502, Code: httpx.CodeBadGateway, Message: "upstream reset or protocol error"}
 	}
+	if oxyStatus(r, err) == http.StatusGatewayTimeout {
+		return &httpx.Error{Status: 504, Code: httpx.CodeTimeout, Message: "upstream request timeout"}
+	}
+	return &httpx.Error{Status: 502, Code: httpx.CodeBadGateway, Message: "upstream reset or protocol error"}
 }
+
+// oxyStatus is the status oxy's default error handler gives err. Its
+// plain-text body is discarded (petmesh answers with its JSON error); only
+// the error path pays for it.
+func oxyStatus(r *http.Request, err error) int {
+	var rec statusOnly
+	oxyutils.DefaultHandler.ServeHTTP(&rec, r, err)
+	return rec.code
+}
+
+// statusOnly is a ResponseWriter that keeps the status and drops the rest.
+type statusOnly struct {
+	code int
+	h    http.Header
+}
+
+func (s *statusOnly) Header() http.Header {
+	if s.h == nil {
+		s.h = http.Header{}
+	}
+	return s.h
+}
+func (s *statusOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (s *statusOnly) WriteHeader(code int)        { s.code = code }
 
 func writeUpstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	e := errorStatus(r, err)
