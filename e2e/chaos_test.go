@@ -614,11 +614,13 @@ func (c *chaosRun) takesRequests(i launcher.Instance, fp *faultProxy, timeout ti
 }
 
 // latency: every request into one instance (not its health checks) is
-// delayed 500 ms. With the pets route's per-try timeout at 300 ms the edge
-// cuts those tries and retries them; the consecutive gateway failures
-// eject the instance (outlier detection).
+// delayed 500 ms. With the pets route's per-try timeout at 450 ms (just
+// under the delay, and well over the healthy instance's latency even when
+// this shared machine stalls for a few hundred milliseconds) the edge cuts
+// those tries and retries them; the consecutive gateway failures eject the
+// instance (outlier detection).
 func (c *chaosRun) latency(t *testing.T, r *chaosResult, victim launcher.Instance, fp *faultProxy) {
-	const delay, perTry = 500 * time.Millisecond, 300 * time.Millisecond
+	const delay, perTry = 500 * time.Millisecond, 450 * time.Millisecond
 	bound := 5 * time.Second
 	r.Fault = fmt.Sprintf("%v added to every request into %s (per-try timeout %v)", delay, victim.Name, perTry)
 	r.Detected = victim.Name + " ejected at the edge (outlier detection: consecutive gateway failures)"
