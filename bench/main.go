@@ -20,10 +20,14 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 
 // Main is benchrun's command line: flags → Config → Run → bench.json,
 // bench.md and bench.png in -out. "benchrun controlplane -in FILE" turns
-// saved BenchmarkScale output into controlplane.json and controlplane.md.
+// saved BenchmarkScale output into controlplane.json and controlplane.md;
+// "benchrun report -dir DIR" renders DIR/bench.json again.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "controlplane" {
 		return controlPlaneMain(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "report" {
+		return reportMain(args[1:], stdout, stderr)
 	}
 	fs := newFlagSet("benchrun", stderr)
 	var cfg Config
@@ -76,6 +80,21 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return rep.Write(*out, stdout)
+}
+
+// reportMain renders bench.md and bench.png again from a bench.json
+// (after a change of the report's layout; the figures are not touched).
+func reportMain(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("benchrun report", stderr)
+	dir := fs.String("dir", "results/bench", "directory holding bench.json; bench.md and bench.png are rewritten there")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rep, err := ReadReport(filepath.Join(*dir, "bench.json"))
+	if err != nil {
+		return err
+	}
+	return rep.Write(*dir, stdout)
 }
 
 // Write saves bench.json, bench.md and bench.png in dir and prints the

@@ -121,18 +121,20 @@ func (r *Report) Markdown() string {
 }
 
 // WritePNG draws two bar charts side by side: throughput (wrk req/s) and
-// latency at the fixed rate (p50 and p99), one bar group per target.
+// tail latency at the fixed rate (p99 and p99.9; the p50s, around a
+// millisecond, would not show beside them: they are in the tables), one bar
+// group per target.
 func (r *Report) WritePNG(path string) error {
 	names := make([]string, len(r.Targets))
 	rps := make(plotter.Values, len(r.Targets))
-	p50 := make(plotter.Values, len(r.Targets))
 	p99 := make(plotter.Values, len(r.Targets))
+	p999 := make(plotter.Values, len(r.Targets))
 	for i, t := range r.Targets {
 		names[i] = strings.TrimPrefix(t.Name, "petmesh-")
 		if strings.HasPrefix(t.Name, "petmesh-") {
 			names[i] = "pm " + names[i]
 		}
-		rps[i], p50[i], p99[i] = t.RPS, t.FixedP50, t.FixedP99
+		rps[i], p99[i], p999[i] = t.RPS, t.FixedP99, t.FixedP999
 	}
 	w := vg.Points(22)
 
@@ -152,26 +154,27 @@ func (r *Report) WritePNG(path string) error {
 	tp.Y.Min = 0
 
 	lp := plot.New()
-	lp.Title.Text = fmt.Sprintf("Latency at %d req/s, open loop (median of %d)", r.Conditions.Rate, r.Conditions.Rounds)
+	lp.Title.Text = fmt.Sprintf("Tail latency at %d req/s, open loop (median of %d)", r.Conditions.Rate, r.Conditions.Rounds)
 	lp.Y.Label.Text = "milliseconds"
-	b50, err := plotter.NewBarChart(p50, w)
-	if err != nil {
-		return err
-	}
-	b50.Color = color.RGBA{R: 120, G: 180, B: 120, A: 255}
-	b50.LineStyle.Width = 0
-	b50.Offset = -w / 2
 	b99, err := plotter.NewBarChart(p99, w)
 	if err != nil {
 		return err
 	}
-	b99.Color = color.RGBA{R: 200, G: 90, B: 70, A: 255}
+	b99.Color = color.RGBA{R: 230, G: 150, B: 60, A: 255}
 	b99.LineStyle.Width = 0
-	b99.Offset = w / 2
-	lp.Add(b50, b99)
-	lp.Legend.Add("p50", b50)
+	b99.Offset = -w / 2
+	b999, err := plotter.NewBarChart(p999, w)
+	if err != nil {
+		return err
+	}
+	b999.Color = color.RGBA{R: 190, G: 70, B: 60, A: 255}
+	b999.LineStyle.Width = 0
+	b999.Offset = w / 2
+	lp.Add(b99, b999)
 	lp.Legend.Add("p99", b99)
-	lp.Legend.Top = true
+	lp.Legend.Add("p99.9", b999)
+	lp.Legend.Top, lp.Legend.Left = true, true
+	lp.Legend.XOffs = vg.Points(10)
 	lp.NominalX(names...)
 	lp.X.Tick.Label.Rotation = 0.6
 	lp.X.Tick.Label.XAlign = draw.XRight

@@ -240,7 +240,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil
 	}
 	if want[TargetDirect] {
-		byName[TargetDirect] = &target{Name: TargetDirect, Desc: "the backend itself, no proxy", Version: backend.Version, URL: backend.URL}
+		byName[TargetDirect] = &target{Name: TargetDirect, Desc: "the backend itself (nginx), no proxy", Version: backend.Version, URL: backend.URL}
 	}
 	peers := []struct {
 		name, bin string
