@@ -321,6 +321,18 @@ est() { ratio "$TN" "$(sum3 "${MPC[$1]}" "${MBC[$1]}" "${MWC[$1]}")"; }
 ER=$(est edge)
 verdict() { awk -v rr="$RR" -v pr="$PR" 'BEGIN{ print ((rr>=0.7 && pr<=1.5) ? "met" : "NOT met") }'; }
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+peak_rss_mb() { # pid → peak RSS (VmHWM) of the pid and its children, MB
+  local sum=0 p kb
+  for p in $(tree_pids "$1"); do
+    kb=$(awk '/^VmHWM:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    sum=$(( sum + ${kb:-0} ))
+  done
+  awk -v k="$sum" 'BEGIN{ printf "%.1f", k/1024 }'
+}
+declare -A RSS
+for t in "${TARGETS[@]}"; do
+  if [[ -n ${PROXY_OF[$t]:-} ]]; then RSS[$t]=$(peak_rss_mb "${PROXY_OF[$t]}"); else RSS[$t]="–"; fi
+done
 
 mkdir -p "$(dirname "$OUT")"
 {
@@ -334,9 +346,9 @@ mkdir -p "$(dirname "$OUT")"
   echo "Edge: bootstrap config (no control plane), route with jwt_authn required (ES256, verification cache on), access log to a file,"
   echo "GOMAXPROCS=$(nproc) unless set${EDGE_ENV:+, environment $EDGE_ENV}${EDGE_FLAGS:+, flags $EDGE_FLAGS}.${BASE_EDGE_BIN:+ edge-base: $(basename "$BASE_EDGE_BIN")${BASE_EDGE_ENV:+ with $BASE_EDGE_ENV}.} All processes and wrk on the same machine."
   echo
-  echo "| target | req/s (median) | p99 ms (median) | proxy CPU µs/request | backend CPU µs/request | wrk CPU µs/request |"
-  echo "| --- | --- | --- | --- | --- | --- |"
-  for t in "${TARGETS[@]}"; do echo "| $t | ${MR[$t]} | ${MP[$t]} | ${MPC[$t]} | ${MBC[$t]} | ${MWC[$t]} |"; done
+  echo "| target | req/s (median) | p99 ms (median) | proxy CPU µs/request | backend CPU µs/request | wrk CPU µs/request | proxy peak RSS MB |"
+  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  for t in "${TARGETS[@]}"; do echo "| $t | ${MR[$t]} | ${MP[$t]} | ${MPC[$t]} | ${MBC[$t]} | ${MWC[$t]} | ${RSS[$t]} |"; done
   echo
   echo "| ratio | value | target |"
   echo "| --- | --- | --- |"
