@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,8 +37,14 @@ type Config struct {
 	StatsDirect         bool
 	MaxConcurrent       int
 	MaxHeaderBytes      int
+	ReadHeaderTimeout   time.Duration
 	MaxBody             int64
+	RouteMaxBody        []string
 	TrustedProxies      []string
+	CORSAllowedOrigins  []string
+	CORSAllowedMethods  []string
+	CORSAllowedHeaders  []string
+	CORSMaxAge          time.Duration
 	AccessLog           bool
 	ShutdownTimeout     time.Duration
 	LogLevel            string
@@ -44,7 +52,18 @@ type Config struct {
 	trusted []netip.Prefix
 	// traceSpans: an OTLP trace exporter is configured (OTEL_* variables,
 	// as telemetry.Setup decides), so the data plane records spans.
-	traceSpans bool
+	traceSpans  bool
+	routeLimits []routeLimit
+}
+
+// defaultReadHeaderTimeout bounds how long a client may take to send a
+// request's header block.
+const defaultReadHeaderTimeout = 5 * time.Second
+
+// routeLimit is a body limit for the paths under a prefix (-route-max-body).
+type routeLimit struct {
+	prefix string
+	max    int64
 }
 
 func defaultNodeID() string {
@@ -78,8 +97,14 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.Bool(&c.StatsDirect, "stats-direct", "EDGE_STATS_DIRECT", true, "stats is reached directly (no sidecar): also send X-Petmesh-Subject/-Roles beside the bearer token")
 	f.Int(&c.MaxConcurrent, "max-concurrent", "EDGE_MAX_CONCURRENT", 10000, "requests in flight on the public listener; more are shed with 503 (0: unlimited)")
 	f.Int(&c.MaxHeaderBytes, "max-header-bytes", "EDGE_MAX_HEADER_BYTES", 64<<10, "largest request header block in bytes (431 above)")
+	f.Duration(&c.ReadHeaderTimeout, "read-header-timeout", "EDGE_READ_HEADER_TIMEOUT", defaultReadHeaderTimeout, "time a client has to send a request's whole header block (slow-loris bound)")
 	f.Int(&maxBody, "max-body", "EDGE_MAX_BODY", 10<<20, "largest request body in bytes (413 above; 0: unlimited)")
+	f.StringList(&c.RouteMaxBody, "route-max-body", "EDGE_ROUTE_MAX_BODY", "", "body limits per path prefix, prefix=bytes (comma-separated, longest prefix wins), e.g. /auth/=65536,/pets=1048576")
 	f.StringList(&c.TrustedProxies, "trusted-proxies", "EDGE_TRUSTED_PROXIES", "", "CIDRs of proxies in front of the edge whose X-Forwarded-For is trusted (comma-separated)")
+	f.StringList(&c.CORSAllowedOrigins, "cors-allowed-origins", "EDGE_CORS_ALLOWED_ORIGINS", "", "origins allowed to call the edge from a browser (scheme://host[:port], comma-separated, or *); empty: CORS closed")
+	f.StringList(&c.CORSAllowedMethods, "cors-allowed-methods", "EDGE_CORS_ALLOWED_METHODS", "GET,HEAD,POST,PUT,PATCH,DELETE", "methods allowed in CORS requests")
+	f.StringList(&c.CORSAllowedHeaders, "cors-allowed-headers", "EDGE_CORS_ALLOWED_HEADERS", "Authorization,Content-Type,X-Request-Id", "request headers allowed in CORS requests")
+	f.Duration(&c.CORSMaxAge, "cors-max-age", "EDGE_CORS_MAX_AGE", 10*time.Minute, "how long browsers may cache a preflight answer")
 	f.Bool(&c.AccessLog, "access-log", "EDGE_ACCESS_LOG", true, "write one JSON access-log line per request to stderr")
 	f.Duration(&c.ShutdownTimeout, "shutdown-timeout", "EDGE_SHUTDOWN_TIMEOUT", 20*time.Second, "how long in-flight requests may drain on SIGTERM")
 	f.String(&c.LogLevel, "log-level", "EDGE_LOG_LEVEL", "info", "log level: debug, info, warn or error")
@@ -153,6 +178,45 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBody < 0 {
 		errs = append(errs, fmt.Errorf("-max-body: must not be negative, got %d", c.MaxBody))
+	}
+	if c.ReadHeaderTimeout == 0 {
+		c.ReadHeaderTimeout = defaultReadHeaderTimeout
+	}
+	if c.ReadHeaderTimeout < 0 || c.ReadHeaderTimeout > time.Minute {
+		errs = append(errs, fmt.Errorf("-read-header-timeout: between 0 and 1m, got %v", c.ReadHeaderTimeout))
+	}
+	c.routeLimits = nil
+	for _, s := range c.RouteMaxBody {
+		prefix, n, ok := strings.Cut(strings.TrimSpace(s), "=")
+		max, err := strconv.ParseInt(n, 10, 64)
+		if !ok || !strings.HasPrefix(prefix, "/") || err != nil || max < 0 {
+			errs = append(errs, fmt.Errorf("-route-max-body: want /prefix=bytes, got %q", s))
+			continue
+		}
+		c.routeLimits = append(c.routeLimits, routeLimit{prefix: prefix, max: max})
+	}
+	slices.SortStableFunc(c.routeLimits, func(a, b routeLimit) int { return len(b.prefix) - len(a.prefix) })
+	for _, o := range c.CORSAllowedOrigins {
+		if o == "*" {
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil || strings.ToLower(o) != o {
+			errs = append(errs, fmt.Errorf("-cors-allowed-origins: want * or a lowercase scheme://host[:port] origin, got %q", o))
+		}
+	}
+	for _, m := range c.CORSAllowedMethods {
+		if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " ,") {
+			errs = append(errs, fmt.Errorf("-cors-allowed-methods: want upper-case method names, got %q", m))
+		}
+	}
+	for _, h := range c.CORSAllowedHeaders {
+		if h == "" || strings.ContainsAny(h, " ,:") {
+			errs = append(errs, fmt.Errorf("-cors-allowed-headers: want header names, got %q", h))
+		}
+	}
+	if c.CORSMaxAge < 0 || c.CORSMaxAge > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("-cors-max-age: between 0 and 24h, got %v", c.CORSMaxAge))
 	}
 	c.trusted = nil
 	for _, s := range c.TrustedProxies {

@@ -195,12 +195,19 @@ func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry, stderr io
 	pubCfg := httpx.DefaultServerConfig(cfg.Addr)
 	pubCfg.MaxHeaderBytes = cfg.MaxHeaderBytes
 	pubCfg.ShutdownTimeout = cfg.ShutdownTimeout
+	pubCfg.ReadHeaderTimeout = cfg.ReadHeaderTimeout
 	pubCfg.ReadTimeout = 0 // streaming bodies are bounded by -max-body and route timeouts
 	pubCfg.WriteTimeout = 0
-	public, err := httpx.Listen(pubCfg, s.front, log)
+	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("-addr: %w", err)
 	}
+	if cfg.TLSCert == "" {
+		// Plain HTTP/1.1: the framing guard refuses ambiguous requests
+		// (request smuggling) before net/http resolves them (framing.go).
+		ln = framingListener{Listener: ln, limit: cfg.MaxHeaderBytes + 8<<10}
+	}
+	public := httpx.NewServer(pubCfg, ln, s.front, log)
 	servers = append(servers, public)
 
 	var ready httpx.Readiness

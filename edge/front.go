@@ -1,6 +1,9 @@
 package edge
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -14,15 +17,19 @@ import (
 )
 
 // front is the edge's outermost public handler, in front of the data
-// plane: load shedding, client-header trust and the body limit. It holds no
-// lock; in-flight requests are one atomic counter.
+// plane: requests the framing guard refused, load shedding, client-header
+// trust, CORS and the body limits. It holds no lock; in-flight requests are
+// one atomic counter.
 type front struct {
 	next          http.Handler
 	maxConcurrent int64
 	maxBody       int64
+	routeLimits   []routeLimit // longest prefix first
 	trusted       []netip.Prefix
+	cors          *cors // nil: CORS closed
 	inflight      atomic.Int64
 	shed          prometheus.Counter
+	refused       *prometheus.CounterVec
 }
 
 func newFront(next http.Handler, c *Config, reg prometheus.Registerer) (*front, error) {
@@ -30,18 +37,24 @@ func newFront(next http.Handler, c *Config, reg prometheus.Registerer) (*front, 
 		next:          next,
 		maxConcurrent: int64(c.MaxConcurrent),
 		maxBody:       c.MaxBody,
+		routeLimits:   c.routeLimits,
 		trusted:       c.trusted,
+		cors:          newCORS(c),
 		shed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "petmesh_edge_shed_total",
 			Help: "Requests answered 503 because -max-concurrent requests were in flight.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "petmesh_edge_refused_requests_total",
+			Help: "Requests the edge refused before routing: reason smuggling (ambiguous framing) or cors (preflight not allowed).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "petmesh_edge_inflight_requests",
 			Help: "Requests in flight on the public listener.",
 		}, func() float64 { return float64(f.inflight.Load()) })
-		for _, col := range []prometheus.Collector{f.shed, inflight} {
+		for _, col := range []prometheus.Collector{f.shed, f.refused, inflight} {
 			if err := reg.Register(col); err != nil {
 				return nil, err
 			}
@@ -51,6 +64,16 @@ func newFront(next http.Handler, c *Config, reg prometheus.Registerer) (*front, 
 }
 
 func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if v := r.Header[framingHeader]; v != nil {
+		f.refused.WithLabelValues("smuggling").Inc()
+		w.Header().Set("Connection", "close")
+		msg := "request has both Content-Length and Transfer-Encoding (request smuggling)"
+		if v[0] == framingTE10 {
+			msg = "Transfer-Encoding is not allowed in an HTTP/1.0 request"
+		}
+		httpx.WriteError(w, &httpx.Error{Status: http.StatusBadRequest, Code: httpx.CodeInvalidArgument, Field: "Transfer-Encoding", Message: msg})
+		return
+	}
 	n := f.inflight.Add(1)
 	defer f.inflight.Add(-1)
 	if f.maxConcurrent > 0 && n > f.maxConcurrent {
@@ -61,14 +84,36 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.sanitize(r)
-	if f.maxBody > 0 && r.Body != nil && r.Body != http.NoBody {
-		if r.ContentLength > f.maxBody {
-			httpx.WriteError(w, &httpx.Error{Status: http.StatusRequestEntityTooLarge, Code: httpx.CodeTooLarge, Message: "request body too large"})
+	if origin := r.Header.Get("Origin"); origin != "" {
+		var done bool
+		if w, done = f.handleCORS(w, r, origin); done {
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, f.maxBody)
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		body := r.Body
+		if max := f.bodyLimit(r.URL.Path); max > 0 {
+			if r.ContentLength > max {
+				httpx.WriteError(w, &httpx.Error{Status: http.StatusRequestEntityTooLarge, Code: httpx.CodeTooLarge, Message: fmt.Sprintf("request body over %d bytes", max)})
+				return
+			}
+			body = http.MaxBytesReader(w, body, max)
+		}
+		cb := &clientBody{ResponseWriter: w, body: body}
+		w, r.Body = cb, cb
 	}
 	f.next.ServeHTTP(w, r)
+}
+
+// bodyLimit is the body limit of a path: the longest -route-max-body
+// prefix, else -max-body (0: none).
+func (f *front) bodyLimit(path string) int64 {
+	for _, l := range f.routeLimits {
+		if strings.HasPrefix(path, l.prefix) {
+			return l.max
+		}
+	}
+	return f.maxBody
 }
 
 // sanitize removes what a client must not decide: identity headers
@@ -82,7 +127,7 @@ func (f *front) sanitize(r *http.Request) {
 	// Fast path: most requests carry none of these headers.
 	hasFwd := false
 	for k := range h {
-		if len(k) >= 9 && (strings.HasPrefix(k, identity.HeaderPrefix) || strings.HasPrefix(k, "X-Forwarded-") || k == "Forwarded") {
+		if len(k) >= 9 && (strings.HasPrefix(k, identity.HeaderPrefix) || strings.HasPrefix(k, "X-Forwarded-") || k == "Forwarded" || k == "X-Real-Ip") {
 			hasFwd = true
 			break
 		}
@@ -91,6 +136,7 @@ func (f *front) sanitize(r *http.Request) {
 		return
 	}
 	identity.StripHeaders(h)
+	delete(h, "X-Real-Ip") // nobody downstream should believe a client's claim of its address
 	if len(f.trusted) > 0 && f.isTrusted(peerAddr(r.RemoteAddr)) {
 		if ip, ok := f.clientFromXFF(h.Values("X-Forwarded-For")); ok {
 			r.RemoteAddr = net.JoinHostPort(ip.String(), "0")
@@ -149,3 +195,52 @@ func peerAddr(remote string) netip.Addr {
 	a, _ := netip.ParseAddr(remote)
 	return a
 }
+
+// clientBody is both the request body and the response writer of a request
+// with a body. It records an error reading the client's body (over the
+// body limit, a malformed chunked encoding, a short body) so that the
+// upstream failure the data plane reports for it (5xx: it cannot tell the
+// client's body from the upstream) is answered as the client's fault
+// instead: 413 over the limit, 400 otherwise.
+type clientBody struct {
+	http.ResponseWriter
+	body     io.ReadCloser
+	err      error
+	replaced bool // the 5xx was replaced; its body is dropped
+}
+
+func (c *clientBody) Read(p []byte) (int, error) {
+	n, err := c.body.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+func (c *clientBody) Close() error { return c.body.Close() }
+
+func (c *clientBody) WriteHeader(code int) {
+	if code < 500 || c.err == nil || c.replaced {
+		c.ResponseWriter.WriteHeader(code)
+		return
+	}
+	c.replaced = true
+	e := &httpx.Error{Status: http.StatusBadRequest, Code: httpx.CodeInvalidArgument, Field: "body", Message: "malformed request body"}
+	if mb := (*http.MaxBytesError)(nil); errors.As(c.err, &mb) {
+		e = &httpx.Error{Status: http.StatusRequestEntityTooLarge, Code: httpx.CodeTooLarge, Message: fmt.Sprintf("request body over %d bytes", mb.Limit)}
+	}
+	h := c.ResponseWriter.Header()
+	h.Del("Content-Length")
+	h.Set("Connection", "close")
+	httpx.WriteError(c.ResponseWriter, e)
+}
+
+func (c *clientBody) Write(b []byte) (int, error) {
+	if c.replaced {
+		return len(b), nil
+	}
+	return c.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (c *clientBody) Unwrap() http.ResponseWriter { return c.ResponseWriter }
