@@ -272,7 +272,12 @@ func seriesValue(text, series string) float64 {
 // from the client's.
 func BenchmarkListPetsProcess(b *testing.B) {
 	db := benchDB(b)
-	bin := testutil.BuildBinary(b, "./services/pets/cmd/pets")
+	// PETS_BENCH_BIN runs another build of the server (e.g. of an older
+	// commit) under the same load, for before/after comparisons.
+	bin := os.Getenv("PETS_BENCH_BIN")
+	if bin == "" {
+		bin = testutil.BuildBinary(b, "./services/pets/cmd/pets")
+	}
 	var pages []string
 	for _, sc := range listScenarios {
 		b.Run(sc.name, func(b *testing.B) {

@@ -80,7 +80,7 @@ func OpenSQLite(ctx context.Context, dsn string, opts Options) (*SQLStore, error
 		_ = db.Close()
 		return nil, err
 	}
-	if s.shared, err = newDataVersionWatch(dsnFull); err != nil {
+	if s.shared, err = newDataVersionWatch(dsnFull, path); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
