@@ -3,12 +3,15 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -60,7 +63,28 @@ type apiEnv struct {
 	admin, viewer, nobody string
 
 	mu         sync.Mutex
-	rdsApplied []string // RDS versions the edge applied, in order (changes only)
+	rdsApplied []string // route configurations the edge applied, in order (changes only)
+}
+
+// observe records the edge's route configurations (their deterministic
+// encoding) each time it applies a configuration that changes them.
+func (e *apiEnv) observe(t *testing.T, s *client.Snapshot) {
+	var b []byte
+	for _, name := range slices.Sorted(maps.Keys(s.Routes)) {
+		raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(s.Routes[name])
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		b = append(append(b, name...), raw...)
+	}
+	sum := sha256.Sum256(b)
+	v := hex.EncodeToString(sum[:8])
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.rdsApplied) == 0 || e.rdsApplied[len(e.rdsApplied)-1] != v {
+		e.rdsApplied = append(e.rdsApplied, v)
+	}
 }
 
 func startAPIEnv(t *testing.T) *apiEnv {
@@ -154,7 +178,8 @@ func startAPIEnv(t *testing.T) *apiEnv {
 	e.edge, err = client.New(client.Config{
 		Server: ln.Addr().String(),
 		Node:   &core.Node{Id: edgeID, Metadata: resource.NodeMeta{ListenPort: 8080}.Struct()},
-		Apply: func(context.Context, *client.Snapshot) error {
+		Apply: func(_ context.Context, s *client.Snapshot) error {
+			e.observe(t, s)
 			return nil
 		},
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
@@ -165,24 +190,6 @@ func startAPIEnv(t *testing.T) *apiEnv {
 		t.Fatal(err)
 	}
 	wg.Go(func() { _ = e.edge.Run(ctx) })
-	// Record the RDS versions the edge holds, as they change.
-	wg.Go(func() {
-		tick := time.NewTicker(2 * time.Millisecond) // sampling the client's state
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			v := e.edge.Versions()[resource.RouteType]
-			e.mu.Lock()
-			if v != "" && (len(e.rdsApplied) == 0 || e.rdsApplied[len(e.rdsApplied)-1] != v) {
-				e.rdsApplied = append(e.rdsApplied, v)
-			}
-			e.mu.Unlock()
-		}
-	})
 	e.waitEdgeAt(t, 1)
 	return e
 }
@@ -527,10 +534,10 @@ func TestAPIGetAndPutRoutes(t *testing.T) {
 		if _, ok := e.edge.Current().Clusters["pets~v2"]; !ok {
 			t.Fatal("edge has no pets~v2 cluster")
 		}
-		// One RDS version change since the start: the rejected tables
-		// produced none.
+		// One change of the routes applied since the start: the rejected
+		// tables produced none.
 		if got := e.rds(); len(got) != len(rds0)+1 || !slices.Equal(got[:len(rds0)], rds0) {
-			t.Fatalf("edge RDS versions %v, before %v: want exactly one new", got, rds0)
+			t.Fatalf("edge route configurations %v, before %v: want exactly one new", got, rds0)
 		}
 	})
 	t.Run("200 with a YAML body and ?message=", func(t *testing.T) {
@@ -913,7 +920,7 @@ func TestAPIValidateDryRun(t *testing.T) {
 		}
 		p, _ := e.xds.Proxy(edgeID)
 		if p.RouteVersion != 1 || !slices.Equal(e.rds(), rds0) {
-			t.Fatalf("edge at route version %d, RDS versions %v (before %v)", p.RouteVersion, e.rds(), rds0)
+			t.Fatalf("edge at route version %d, route configurations %v (before %v)", p.RouteVersion, e.rds(), rds0)
 		}
 	})
 }

@@ -28,11 +28,10 @@ import (
 	"maps"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	sotw "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -108,12 +107,10 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	now     func() time.Time
-	cache   *sharedCache
 	metrics *metrics
 
-	// streams maps a stream id to its *node (nil before its first
-	// request): the streams' callbacks find their node without s.mu.
-	streams sync.Map
+	nextStream       atomic.Int64
+	streamGoroutines sync.WaitGroup // the streams' receiving goroutines
 
 	mu      sync.Mutex
 	in      *inputs           // nil until the first table and registry state
@@ -162,11 +159,6 @@ func New(opts Options) (*Server, error) {
 		classes: map[string]*built{},
 		nodes:   map[string]*node{},
 	}
-	// Like SnapshotCache in non-ADS mode, the cache answers a request by
-	// name with the named resources it has (in ADS mode SnapshotCache
-	// answers only when the names cover every resource of the type, which
-	// a proxyless gRPC client that dials one service never does).
-	s.cache = newSharedCache(opts.Logger)
 	m, err := newMetrics(opts.Registerer, s)
 	if err != nil {
 		return nil, err
@@ -250,15 +242,12 @@ func GRPCServerOptions() []grpc.ServerOption {
 	}
 }
 
-// Serve serves ADS on ln until ctx is done, then stops gracefully (open
-// streams are closed after at most 5s). It returns nil after a clean
-// stop.
+// Serve serves ADS (state of the world and delta; see ads.go) on ln until
+// ctx is done, then stops gracefully (open streams end at once; the gRPC
+// server is stopped hard after 5s). It returns nil after a clean stop.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, opts ...grpc.ServerOption) error {
 	gs := grpc.NewServer(append(GRPCServerOptions(), opts...)...)
-	// Ordered ADS: one response channel per stream, answered by the cache
-	// in ADS type order (no reflect.Select over per-type channels).
-	xs := serverv3.NewServer(ctx, s.cache, s, sotw.WithOrderedADS(), sotw.WithLogger(cacheLogger{s.log}))
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xs)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, &adsService{s: s, ctx: ctx})
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(ln) }()
 	select {
@@ -275,6 +264,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, opts ...grpc.Server
 		<-done
 	}
 	<-errc
+	s.streamGoroutines.Wait()
 	return nil
 }
 
@@ -478,10 +468,9 @@ func (s *Server) noteBuildLocked(b *built, nodeID string) {
 }
 
 // publishLocked builds (or reuses) the node's class snapshot and hands it
-// to the cache when any type's version changed. s.mu must be held (not
-// n.mu).
-// SetSnapshot does not block: the ADS stream's response channel has room
-// for one response per type and each type has at most one open watch.
+// to the node's streams when any type's version changed. s.mu must be
+// held (not n.mu). It never blocks on a stream: handing over is a pointer
+// store and a non-blocking wake of the stream's sender.
 func (s *Server) publishLocked(n *node, changeAt time.Time) {
 	if s.in == nil {
 		return
@@ -508,7 +497,12 @@ func (s *Server) publishLocked(n *node, changeAt time.Time) {
 		n.published = b
 		return
 	}
-	s.cache.SetSnapshot(n.id, b)
+	for st := range n.streams {
+		st.mu.Lock()
+		st.snap = b
+		st.mu.Unlock()
+		st.signal()
+	}
 	s.metrics.published.Inc()
 	now := s.now()
 	for t, v := range b.versions {
@@ -535,29 +529,11 @@ func (s *Server) forgetDisconnected() {
 	defer s.mu.Unlock()
 	for id, n := range s.nodes {
 		n.mu.Lock()
-		gone := n.streams == 0 && now.Sub(n.disconnectedAt) > s.opts.NodeGrace
+		gone := len(n.streams) == 0 && now.Sub(n.disconnectedAt) > s.opts.NodeGrace
 		n.mu.Unlock()
 		if gone {
-			s.cache.ClearSnapshot(id)
 			delete(s.nodes, id)
 			s.log.Info("xds: forgot disconnected node", "node", id)
 		}
 	}
 }
-
-// cacheLogger adapts slog to go-control-plane's logger. Debug, info and
-// warnings are demoted to debug: the stream server is chatty, and its
-// "stale nonce" notices are expected. Nothing is formatted unless the
-// level is enabled.
-type cacheLogger struct{ l *slog.Logger }
-
-func (c cacheLogger) logf(level slog.Level, format string, args ...any) {
-	if c.l.Enabled(context.Background(), level) {
-		c.l.Log(context.Background(), level, fmt.Sprintf(format, args...))
-	}
-}
-
-func (c cacheLogger) Debugf(format string, args ...any) { c.logf(slog.LevelDebug, format, args...) }
-func (c cacheLogger) Infof(format string, args ...any)  { c.logf(slog.LevelDebug, format, args...) }
-func (c cacheLogger) Warnf(format string, args ...any)  { c.logf(slog.LevelDebug, format, args...) }
-func (c cacheLogger) Errorf(format string, args ...any) { c.logf(slog.LevelError, format, args...) }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
@@ -32,6 +33,20 @@ func ShortType(t string) string {
 		return "endpoint"
 	}
 	return t
+}
+
+// encodedType is one type's resources of a node class, encoded once. The
+// anys (and their bytes) and the delta resources are shared, read-only,
+// by every response of every node of the class: a change is serialised
+// once per class, not once per stream.
+type encodedType struct {
+	typeURL   string
+	version   string                // hash of every resource's encoding
+	names     []string              // sorted
+	anys      []*anypb.Any          // in names order
+	rversions []string              // per resource: hash of its encoding (delta)
+	resources []*discovery.Resource // in names order (delta)
+	index     map[string]int
 }
 
 // built is the outcome of translating one node class (every node with the
@@ -76,10 +91,12 @@ func build(in *inputs, node translate.Node) *built {
 // resources did not change is not resent to the node.
 func encode(typeURL string, items []types.Resource) (*encodedType, error) {
 	et := &encodedType{
-		names:    make([]string, len(items)),
-		anys:     make([]*anypb.Any, len(items)),
-		index:    make(map[string]int, len(items)),
-		returned: make(map[string]string, len(items)),
+		typeURL:   typeURL,
+		names:     make([]string, len(items)),
+		anys:      make([]*anypb.Any, len(items)),
+		rversions: make([]string, len(items)),
+		resources: make([]*discovery.Resource, len(items)),
+		index:     make(map[string]int, len(items)),
 	}
 	h := sha256.New()
 	opts := proto.MarshalOptions{Deterministic: true}
@@ -92,15 +109,16 @@ func encode(typeURL string, items []types.Resource) (*encodedType, error) {
 		if _, dup := et.index[name]; dup {
 			return nil, fmt.Errorf("duplicate resource name %q", name)
 		}
-		et.names[i], et.anys[i], et.index[name] = name, &anypb.Any{TypeUrl: typeURL, Value: buf}, i
+		sum := sha256.Sum256(buf)
+		a := &anypb.Any{TypeUrl: typeURL, Value: buf}
+		et.names[i], et.anys[i], et.index[name] = name, a, i
+		et.rversions[i] = hex.EncodeToString(sum[:8])
+		et.resources[i] = &discovery.Resource{Name: name, Version: et.rversions[i], Resource: a}
 		h.Write([]byte(strconv.Itoa(len(buf))))
 		h.Write([]byte{0})
 		h.Write(buf)
 	}
 	et.version = hex.EncodeToString(h.Sum(nil))[:16]
-	for _, name := range et.names {
-		et.returned[name] = et.version
-	}
 	return et, nil
 }
 

@@ -1,16 +1,11 @@
 package xds
 
 import (
-	"context"
-	"errors"
-	"slices"
 	"sort"
 	"sync"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -20,16 +15,16 @@ import (
 // node is the server's state of one node id (possibly several streams).
 //
 // Locking: Server.mu guards the node maps and the inputs; n.mu guards the
-// node's fields below it, so that the streams' callbacks (a send, an ACK)
-// lock only their own node. tn and class are written with both held and
-// read with either. Order: Server.mu before n.mu before the cache's locks.
+// node's fields below it, so that the streams (a send, an ACK) lock only
+// their own node. tn and class are written with both held and read with
+// either. Order: Server.mu before n.mu before a stream's lock.
 type node struct {
 	id string
 
 	mu             sync.Mutex
 	tn             translate.Node
 	class          string // classKey(tn)
-	streams        int
+	streams        map[*stream]struct{}
 	connectedSince time.Time
 	disconnectedAt time.Time
 	published      *built
@@ -164,7 +159,7 @@ func (s *Server) Proxy(id string) (ProxyStatus, bool) {
 func (s *Server) statusLocked(n *node, now time.Time) ProxyStatus {
 	p := ProxyStatus{
 		ID: n.id, Kind: kindOf(n.tn), Service: n.tn.Meta.Service, VersionTag: n.tn.Meta.Version,
-		Connected: n.streams > 0, Streams: n.streams, RouteVersion: n.routeVersion, Error: n.buildErr,
+		Connected: len(n.streams) > 0, Streams: len(n.streams), RouteVersion: n.routeVersion, Error: n.buildErr,
 		Synced: n.published != nil, Types: []TypeStatus{},
 	}
 	if p.Connected {
@@ -204,106 +199,9 @@ func (s *Server) staleLocked(n *node, now time.Time) bool {
 	return false
 }
 
-var _ serverv3.Callbacks = (*Server)(nil)
-
-// errDelta refuses incremental xDS streams.
-var errDelta = status.Error(codes.Unimplemented, "petmesh control plane: delta xDS is not supported, use state-of-the-world ADS")
-
-// OnStreamOpen implements serverv3.Callbacks.
-func (s *Server) OnStreamOpen(_ context.Context, id int64, typeURL string) error {
-	if typeURL != "" {
-		return status.Errorf(codes.Unimplemented, "petmesh control plane: only ADS is served, not %s", typeURL)
-	}
-	s.streams.Store(id, (*node)(nil))
-	return nil
-}
-
-// OnStreamClosed implements serverv3.Callbacks.
-func (s *Server) OnStreamClosed(id int64, _ *core.Node) {
-	now := s.now()
-	v, ok := s.streams.LoadAndDelete(id)
-	if !ok {
-		return
-	}
-	n := v.(*node)
-	if n == nil {
-		return
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.streams--
-	if n.streams == 0 {
-		n.disconnectedAt = now
-		s.log.Info("xds: proxy disconnected", "node", n.id)
-	}
-}
-
-// streamNode is the node stream id is bound to (nil before its first
-// request; false for an unknown stream).
-func (s *Server) streamNode(id int64) (*node, bool) {
-	v, ok := s.streams.Load(id)
-	if !ok {
-		return nil, false
-	}
-	return v.(*node), true
-}
-
-// OnStreamRequest implements serverv3.Callbacks: it binds the stream to
-// its node (building the node's snapshot when it has none) and records
-// ACKs and NACKs.
-func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
-	now := s.now()
-	n, ok := s.streamNode(id)
-	if !ok {
-		return status.Error(codes.Internal, "unknown stream")
-	}
-	if n == nil {
-		var err error
-		s.mu.Lock()
-		n, err = s.attachLocked(id, req.GetNode(), now)
-		s.mu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-	t := req.GetTypeUrl()
-	if !slices.Contains(Types, t) {
-		return nil
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	ts := n.typ(t)
-	if d := req.GetErrorDetail(); d != nil {
-		s.metrics.nacks.WithLabelValues(ShortType(t)).Inc()
-		ts.Nack = &Nack{Version: ts.Sent, Message: d.GetMessage(), At: now}
-		s.log.Warn("xds: proxy rejected config (NACK)", "node", n.id, "type", ShortType(t), "version", ts.Sent, "error", d.GetMessage())
-		// A NACK carries the last accepted version, so the cache would
-		// resend the rejected one at once, and again after every NACK.
-		// Presenting the rejected version instead makes the cache wait for
-		// the next change: the proxy keeps its last good configuration and
-		// is reported not synced (and stale after StaleAfter).
-		if ts.Sent != "" {
-			req.VersionInfo = ts.Sent
-		}
-		return nil
-	}
-	v := req.GetVersionInfo()
-	if v == "" {
-		return nil
-	}
-	ts.Acked, ts.AckedAt = v, now
-	if v == ts.Latest && !ts.PendingSince.IsZero() {
-		d := now.Sub(ts.PendingSince)
-		ts.Convergence = d
-		ts.PendingSince = time.Time{}
-		s.metrics.convergence.WithLabelValues(ShortType(t)).Observe(d.Seconds())
-	}
-	return nil
-}
-
-// attachLocked binds stream id to the node in its first request. s.mu
-// must be held.
-func (s *Server) attachLocked(id int64, pn *core.Node, now time.Time) (*node, error) {
+// nodeLocked returns the node named in a stream's first request,
+// created if needed. s.mu must be held.
+func (s *Server) nodeLocked(pn *core.Node, now time.Time) (*node, error) {
 	if pn.GetId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "petmesh control plane: the first request must carry node.id")
 	}
@@ -313,61 +211,14 @@ func (s *Server) attachLocked(id int64, pn *core.Node, now time.Time) (*node, er
 	}
 	n, ok := s.nodes[pn.GetId()]
 	if !ok {
-		n = &node{id: pn.GetId(), tn: tn, class: classKey(tn)}
+		n = &node{id: pn.GetId(), tn: tn, class: classKey(tn), disconnectedAt: now}
 		s.nodes[n.id] = n
 	}
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	if key := classKey(tn); n.class != key {
 		n.tn, n.class = tn, key // metadata changed (a restarted proxy): rebuild
 		n.published = nil
 	}
-	n.streams++
-	if n.streams == 1 {
-		n.connectedSince = now
-		s.log.Info("xds: proxy connected", "node", n.id, "kind", kindOf(tn), "service", tn.Meta.Service)
-	}
-	unpublished := n.published == nil
-	n.mu.Unlock()
-	s.streams.Store(id, n)
-	if unpublished {
-		s.publishLocked(n, now)
-	}
 	return n, nil
-}
-
-// OnStreamResponse implements serverv3.Callbacks: it records what was sent.
-func (s *Server) OnStreamResponse(_ context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
-	now := s.now()
-	n, _ := s.streamNode(id)
-	if n == nil {
-		return
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	ts := n.typ(resp.GetTypeUrl())
-	ts.Sent, ts.SentAt = resp.GetVersionInfo(), now
-	_ = req
-}
-
-// OnFetchRequest implements serverv3.Callbacks (REST fetch is not served).
-func (s *Server) OnFetchRequest(context.Context, *discovery.DiscoveryRequest) error {
-	return errors.New("fetch is not supported")
-}
-
-// OnFetchResponse implements serverv3.Callbacks.
-func (s *Server) OnFetchResponse(*discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {}
-
-// OnDeltaStreamOpen implements serverv3.Callbacks: delta is refused.
-func (s *Server) OnDeltaStreamOpen(context.Context, int64, string) error { return errDelta }
-
-// OnDeltaStreamClosed implements serverv3.Callbacks.
-func (s *Server) OnDeltaStreamClosed(int64, *core.Node) {}
-
-// OnStreamDeltaRequest implements serverv3.Callbacks.
-func (s *Server) OnStreamDeltaRequest(int64, *discovery.DeltaDiscoveryRequest) error {
-	return errDelta
-}
-
-// OnStreamDeltaResponse implements serverv3.Callbacks.
-func (s *Server) OnStreamDeltaResponse(int64, *discovery.DeltaDiscoveryRequest, *discovery.DeltaDiscoveryResponse) {
 }
