@@ -391,7 +391,7 @@ func (a *api) openAPI(w http.ResponseWriter, _ *http.Request) error {
 	return nil
 }
 
-// totalCollector exports petmesh_pets_total from the database at scrape
+// totalCollector exports petmesh_pets from the database at scrape
 // time, so that it is right even when several processes share the store.
 type totalCollector struct {
 	st   store.Store
@@ -399,7 +399,7 @@ type totalCollector struct {
 }
 
 func newTotalCollector(st store.Store) *totalCollector {
-	return &totalCollector{st: st, desc: prometheus.NewDesc("petmesh_pets_total", "Pets in the store.", nil, nil)}
+	return &totalCollector{st: st, desc: prometheus.NewDesc("petmesh_pets", "Pets in the store.", nil, nil)}
 }
 
 func (c *totalCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }

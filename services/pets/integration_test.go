@@ -227,7 +227,7 @@ func TestBinaryAPI(t *testing.T) {
 	admin.json("GET", "/readyz", nil, nil, nil, 200)
 	m := admin.do("GET", "/metrics", nil, nil)
 	for _, want := range []string{
-		"petmesh_pets_total 24",
+		"petmesh_pets 24",
 		`petmesh_pets_store_query_duration_seconds_count{operation="list",result="ok"}`,
 		`petmesh_pets_upserted_total{result="inserted"} 25`,
 		`http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/pets"`,
