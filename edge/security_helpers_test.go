@@ -60,6 +60,7 @@ type secBackend struct {
 	hits atomic.Int64
 	mu   sync.Mutex
 	last http.Header
+	seen map[string]bool // paths served
 	// respHeader is added to every response (e.g. a CORS header the edge
 	// must not let through).
 	respHeader http.Header
@@ -67,11 +68,12 @@ type secBackend struct {
 
 func newSecBackend(t *testing.T, name string, respHeader http.Header) *secBackend {
 	t.Helper()
-	b := &secBackend{respHeader: respHeader}
+	b := &secBackend{respHeader: respHeader, seen: map[string]bool{}}
 	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.hits.Add(1)
 		b.mu.Lock()
 		b.last = r.Header.Clone()
+		b.seen[r.URL.Path] = true
 		b.mu.Unlock()
 		for k, vs := range b.respHeader {
 			w.Header()[k] = vs
@@ -82,6 +84,13 @@ func newSecBackend(t *testing.T, name string, respHeader http.Header) *secBacken
 	}))
 	t.Cleanup(b.Close)
 	return b
+}
+
+// served tells whether a request for path reached the backend.
+func (b *secBackend) served(path string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.seen[path]
 }
 
 func (b *secBackend) header() http.Header {
