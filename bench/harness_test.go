@@ -34,7 +34,7 @@ func program(t *testing.T, name, hint string) string {
 // (nginx at least) and the three petmesh targets (real control plane,
 // edge and sidecar binaries), then checks the written JSON, markdown and
 // PNG. Peers other than nginx that are not installed are skipped unless
-// PETMESH_REQUIRE_REAL=1.
+// PETMESH_REQUIRE_REAL=1; Traefik is included when PETMESH_TRAEFIK_BIN is set.
 func TestHarness(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real proxies")
@@ -56,6 +56,12 @@ func TestHarness(t *testing.T) {
 			*peer.bin = p
 			cfg.Targets = append(cfg.Targets, peer.name)
 		}
+	}
+	// Traefik is optional (a long build): measured when PETMESH_TRAEFIK_BIN
+	// names it (export PETMESH_TRAEFIK_BIN=$(scripts/tool.sh traefik)).
+	if p := os.Getenv("PETMESH_TRAEFIK_BIN"); p != "" {
+		cfg.Traefik = p
+		cfg.Targets = append(cfg.Targets, TargetTraefik)
 	}
 	bins := t.TempDir()
 	for _, b := range []string{"edge", "sidecar", "controlplane"} {
