@@ -303,6 +303,26 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# SYSCALLS=1: one more short wrk run per proxy with strace -c attached
+# (slow: not part of the figures above), reported as system calls per
+# request by name.
+declare -A SYSC
+if [[ "${SYSCALLS:-0}" == 1 ]] && command -v strace >/dev/null; then
+  for t in "${TARGETS[@]}"; do
+    [[ -z ${PROXY_OF[$t]:-} ]] && continue
+    pids=$(tree_pids "${PROXY_OF[$t]}" | paste -sd, -)
+    strace -c -f -p "$pids" -o "$TMP/strace-$t.txt" 2>/dev/null &
+    spid=$!
+    sleep 1
+    n=$(wrk -t"$THREADS" -c"$CONNS" -d3s -H "${HDR[$t]}" "${URL[$t]}" | awk '/requests in/{print $1}')
+    kill -INT "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    SYSC[$t]=$(awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { c[$NF] = $4 }
+      END { for (k in c) if (c[k] / n >= 0.05) printf "%s %.2f, ", k, c[k] / n }' "$TMP/strace-$t.txt" | sed 's/, $//')
+    echo "system calls per request ($t, under strace): ${SYSC[$t]}" >&2
+  done
+fi
+
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 declare -A MR MP MPC MBC MWC
 for t in "${TARGETS[@]}"; do
@@ -364,6 +384,12 @@ mkdir -p "$(dirname "$OUT")"
     echo "| estimated req/s ratio $t ÷ nginx on an idle machine: (nginx + backend + wrk CPU/request) ÷ ($t + backend + wrk) = $TN ÷ $(sum3 "${MPC[$t]}" "${MBC[$t]}" "${MWC[$t]}") | $(est "$t") | $([[ $t == edge ]] && echo "≥ 0.7") |"
   done
   echo
+  if [[ ${#SYSC[@]} -gt 0 ]]; then
+    echo "System calls per request (strace -c over a separate 3 s wrk run per proxy; ≥ 0.05 per request):"
+    echo
+    for t in "${TARGETS[@]}"; do [[ -n ${SYSC[$t]:-} ]] && echo "- $t: ${SYSC[$t]}"; done
+    echo
+  fi
   echo "Target (measured req/s and p99 ratios) $(verdict)."
   echo
   echo "Every round (CPU: utime+stime from /proc over the round, µs per request; proxy = the edge or nginx's master and workers):"
