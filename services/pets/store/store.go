@@ -575,6 +575,9 @@ func (s *SQLStore) AppendListJSON(ctx context.Context, dst []byte, q ListQuery) 
 
 // cursorFromDoc is the cursor positioned after the pet encoded in doc.
 func cursorFromDoc(sort Sort, doc []byte) (cursor, error) {
+	if c, ok := cursorFromDocFast(sort, doc); ok {
+		return c, nil
+	}
 	var k struct {
 		ID          string    `json:"id"`
 		Name        string    `json:"name"`
