@@ -93,10 +93,11 @@ compose-check: ## Validate docker-compose.yml offline.
 	@if [ -f docker-compose.yml ]; then docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml ok"; fi
 
 .PHONY: lint
-lint: ## gofmt, go vet, staticcheck and go mod tidy must be clean.
+lint: ## gofmt, go vet, staticcheck, govulncheck (offline database: scripts/vulndb.sh) and go mod tidy must be clean.
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
+	@db=$$(GO=$(GO) scripts/vulndb.sh) && echo "$(GO) tool govulncheck -db $$db ./..." && $(GO) tool govulncheck -db "$$db" ./...
 	@cp go.mod /tmp/petmesh-go.mod.bak; cp go.sum /tmp/petmesh-go.sum.bak; $(GO) mod tidy; \
 	  if ! cmp -s go.mod /tmp/petmesh-go.mod.bak || ! cmp -s go.sum /tmp/petmesh-go.sum.bak; then \
 	  echo "go mod tidy changes go.mod/go.sum; run it and commit"; cp /tmp/petmesh-go.mod.bak go.mod; cp /tmp/petmesh-go.sum.bak go.sum; exit 1; fi
