@@ -226,6 +226,14 @@ func hasDuplicates(names []string) bool {
 	if len(names) < 2 {
 		return false
 	}
+	if len(names) <= 16 { // the usual case: no allocation
+		for i := 1; i < len(names); i++ {
+			if slices.Contains(names[:i], names[i]) {
+				return true
+			}
+		}
+		return false
+	}
 	seen := make(map[string]struct{}, len(names))
 	for _, n := range names {
 		if _, ok := seen[n]; ok {
@@ -276,6 +284,22 @@ func (sub *typeSub) update(subscribe, unsubscribe []string) {
 	sub.gen++
 }
 
+// namesAll reports whether the explicit names are exactly et's (the usual
+// case: a proxy subscribes to the load assignments of all its EDS
+// clusters, to the route configurations of all its listeners), so that
+// the shared list is sent as is.
+func (sub *typeSub) namesAll(et *encodedType) bool {
+	if len(sub.names) != len(et.names) {
+		return false
+	}
+	for _, name := range et.names {
+		if _, ok := sub.names[name]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // subscribed reports whether name is subscribed.
 func (sub *typeSub) subscribed(name string) bool {
 	if sub.all() {
@@ -299,7 +323,7 @@ func (sub *typeSub) sotwResponse(et *encodedType) (r *response, blocked bool) {
 		return nil, false
 	}
 	r = &response{typeURL: et.typeURL, version: et.version}
-	if sub.all() {
+	if sub.all() || sub.namesAll(et) {
 		r.anys = et.anys
 	} else {
 		idx := make([]int, 0, len(sub.names))
