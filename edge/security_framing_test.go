@@ -228,3 +228,55 @@ func FuzzFramingGuard(f *testing.F) {
 		checkGuardOutput(t, input, out, cut)
 	})
 }
+
+// BenchmarkFramingGuard compares keep-alive requests (a GET and a small
+// POST) through a real net/http server on a plain listener and on the
+// framing listener.
+func BenchmarkFramingGuard(b *testing.B) {
+	for _, guarded := range []bool{false, true} {
+		name := "plain"
+		if guarded {
+			name = "guarded"
+		}
+		b.Run(name, func(b *testing.B) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			var l net.Listener = ln
+			if guarded {
+				l = framingListener{Listener: ln, limit: 1 << 16}
+			}
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				_, _ = io.WriteString(w, "ok")
+			})}
+			go func() { _ = srv.Serve(l) }()
+			defer srv.Close()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			br := bufio.NewReader(c)
+			body := `{"name":"Rex","species":"dog","age":3}`
+			req := []byte("GET /pets/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + strings.Repeat("t", 400) + "\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n" +
+				fmt.Sprintf("POST /pets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := c.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				for range 2 {
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		})
+	}
+}
