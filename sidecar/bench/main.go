@@ -57,6 +57,8 @@ func run(ctx context.Context) error {
 	cpus := flag.Int("sidecar-cpus", 0, "the sidecar's -cpus (GOMAXPROCS); 0 keeps the sidecar's default")
 	sidecarBin := flag.String("sidecar-bin", "", "run this sidecar binary instead of building ./sidecar/cmd/sidecar (e.g. an older build, for a before/after comparison)")
 	sequential := flag.Bool("sequential", false, "measure the app directly first and then through the sidecar, instead of both at once")
+	sidecarEnv := flag.String("sidecar-env", "", "space-separated VAR=value pairs added to the sidecar's environment (e.g. \"GOGC=50 GOMEMLIMIT=12MiB\")")
+	ldflags := flag.String("ldflags", "", "go build -ldflags for the sidecar built here (e.g. \"-s -w\": no symbol table or DWARF)")
 	serveApp := flag.Bool("serve-app", false, "internal: serve the benchmark app (the bench starts itself with it as a child process)")
 	flag.Parse()
 	if *serveApp {
@@ -74,7 +76,11 @@ func run(ctx context.Context) error {
 		pkgs, scBin = pkgs[:1], *sidecarBin
 	}
 	for _, pkg := range pkgs {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", dir, pkg)
+		args := []string{"build", "-o", dir}
+		if *ldflags != "" && strings.HasSuffix(pkg, "/sidecar") {
+			args = append(args, "-ldflags", *ldflags)
+		}
+		cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
 		}
@@ -136,6 +142,7 @@ func run(ctx context.Context) error {
 	if *cpus > 0 {
 		scArgs = append(scArgs, "-cpus", strconv.Itoa(*cpus))
 	}
+	scArgs = append(scArgs, strings.Fields(*sidecarEnv)...)
 	sc, err := start(ctx, scBin, scArgs, "inbound", "outbound", "admin")
 	if err != nil {
 		return err
@@ -156,6 +163,9 @@ func run(ctx context.Context) error {
 	}
 	fmt.Printf("petmesh sidecar benchmark: %d rps open-loop per target (%s), %v measured after %v warm-up, sidecar %s on a %d-CPU machine, access log %v, admin http://%s\n",
 		*rps, mode, *dur, *warm, scCPUs, numCPU(), *accessLog, sc.addrs["admin"])
+	if *sidecarEnv != "" || *ldflags != "" {
+		fmt.Printf("sidecar environment %q, -ldflags %q\n", *sidecarEnv, *ldflags)
+	}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("machine load average at start: %s", b)
 	}
@@ -180,10 +190,13 @@ func run(ctx context.Context) error {
 		go runDirect()
 	}
 	var cpu0, cpu1 cpuTimes
+	var served0, served1 float64
 	var maxRSS int64
+	admin := "http://" + sc.addrs["admin"]
 	via, err := load(ctx, "http://"+sc.addrs["inbound"]+"/pets/42", hdr, *rps, *warm, *dur, func(phase string) {
 		switch phase {
 		case "start":
+			served0 = inboundRequests(admin)
 			cpu0 = cpuSeconds(sc.cmd.Process.Pid)
 			if *profile != "" {
 				go fetchProfile("http://"+sc.addrs["admin"], *dur, *profile)
@@ -192,6 +205,7 @@ func run(ctx context.Context) error {
 			maxRSS = max(maxRSS, rssKB(sc.cmd.Process.Pid))
 		case "end":
 			cpu1 = cpuSeconds(sc.cmd.Process.Pid)
+			served1 = inboundRequests(admin)
 			if *heapProfile != "" {
 				save("http://"+sc.addrs["admin"]+"/debug/pprof/heap", *heapProfile)
 				save("http://"+sc.addrs["admin"]+"/debug/pprof/goroutine?debug=1", *heapProfile+".goroutines")
@@ -212,12 +226,20 @@ func run(ctx context.Context) error {
 	fmt.Printf("\nadded latency by the sidecar: p50 %v, p99 %v\n",
 		(via.q(0.50) - direct.q(0.50)).Round(time.Microsecond), (via.q(0.99) - direct.q(0.99)).Round(time.Microsecond))
 	user, sys := (cpu1.user-cpu0.user)/dur.Seconds(), (cpu1.sys-cpu0.sys)/dur.Seconds()
-	fmt.Printf("sidecar CPU: %.3f vCPU (utime+stime over the measured window: user %.3f, system %.3f), %.0f µs per request\n",
-		user+sys, user, sys, (user+sys)*1e6/float64(*rps))
+	// Per request handled in the window (the sidecar's own counter), not
+	// per request scheduled: a sidecar that fell behind served fewer.
+	served := served1 - served0
+	perReq := 0.0
+	if served > 0 {
+		perReq = (user + sys) * dur.Seconds() * 1e6 / served
+	}
+	fmt.Printf("sidecar CPU: %.3f vCPU (utime+stime over the measured window: user %.3f, system %.3f); %.0f requests handled in the window (%.0f/s), %.0f µs CPU per request; at that cost %d rps take %.3f vCPU\n",
+		user+sys, user, sys, served, served/dur.Seconds(), perReq, *rps, perReq*float64(*rps)/1e6)
 	if vcs, ivcs := ctxSwitches(sc.cmd.Process.Pid); vcs > 0 {
 		fmt.Printf("sidecar context switches since start: %d voluntary, %d involuntary\n", vcs, ivcs)
 	}
-	fmt.Printf("sidecar RSS: max %.1f MB during the window, %.1f MB at the end (%s)\n", float64(maxRSS)/1024, float64(rssKB(sc.cmd.Process.Pid))/1024, rssParts(sc.cmd.Process.Pid))
+	fmt.Printf("sidecar RSS: max %.1f MB during the window, %.1f MB at the end (%s; %s)\n", float64(maxRSS)/1024, float64(rssKB(sc.cmd.Process.Pid))/1024,
+		rssParts(sc.cmd.Process.Pid), pssParts(sc.cmd.Process.Pid))
 	if b, err := httpGet("http://" + sc.addrs["admin"] + "/metrics"); err == nil {
 		for line := range strings.SplitSeq(string(b), "\n") {
 			for _, m := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes ", "go_goroutines ", "go_memstats_sys_bytes "} {
@@ -535,6 +557,45 @@ func rssParts(pid int) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// pssParts is pid's proportional set size (shared file pages divided
+// among the processes mapping them) and its anonymous and file parts,
+// from /proc/<pid>/smaps_rollup.
+func pssParts(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return ""
+	}
+	var parts []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		for _, k := range []string{"Pss:", "Pss_Anon:", "Pss_File:"} {
+			if v, ok := strings.CutPrefix(line, k); ok {
+				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				parts = append(parts, fmt.Sprintf("%s %.1f MB", strings.TrimSuffix(k, ":"), float64(n)/1024))
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// inboundRequests sums petmesh_dataplane_requests_total of the inbound
+// listener from the sidecar's /metrics.
+func inboundRequests(admin string) float64 {
+	b, err := httpGet(admin + "/metrics")
+	if err != nil {
+		return 0
+	}
+	sum := 0.0
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if strings.HasPrefix(line, "petmesh_dataplane_requests_total{") && strings.Contains(line, `listener="inbound"`) {
+			if i := strings.LastIndexByte(line, ' '); i > 0 {
+				v, _ := strconv.ParseFloat(line[i+1:], 64)
+				sum += v
+			}
+		}
+	}
+	return sum
 }
 
 func httpGet(url string) ([]byte, error) {
