@@ -1,16 +1,17 @@
 // Package xds is petmesh's xDS control-plane server: Envoy v3 resources
-// over ADS (state of the world) with go-control-plane, one snapshot per
-// node built by the translator from the current route table version, the
-// registry and the node's metadata.
+// (go-control-plane's protos) over ADS, state of the world and delta (see
+// ads.go), one snapshot per node built by the translator from the current
+// route table version, the registry and the node's metadata.
 //
 // Changes (a new route table version, a registry snapshot) are debounced:
-// a rebuild runs once no change has arrived for QuietPeriod (BusyQuietPeriod
-// while changes arrive closer together than that), or MaxDelay after the
-// first pending change, whichever is first. Every type carries
-// its own version (a hash of its content), so a node is sent only the
-// types whose content changed for it: an endpoint change resends EDS,
-// never listeners, routes or clusters, and a node that does not use the
-// changed cluster is sent nothing. Snapshots are checked with
+// an isolated change is rebuilt at once (QuietPeriod 0); while changes
+// arrive closer together than BusyQuietPeriod a rebuild waits until none
+// has arrived for BusyQuietPeriod, and at most MaxDelay after the first
+// pending change. Every type carries its own version (a hash of its
+// content), so a node is sent only the types whose content changed for
+// it: an endpoint change resends EDS, never listeners, routes or clusters,
+// and a node that does not use the changed cluster is sent nothing (a
+// delta stream is sent only the changed resources). Snapshots are checked with
 // translate.Consistent before they are published; an inconsistent or
 // untranslatable one is logged, counted and never published (the node
 // keeps its previous configuration).
