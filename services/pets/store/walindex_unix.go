@@ -12,7 +12,8 @@ import (
 )
 
 // walHdrWords is the size of one copy of the WAL-index header in 32-bit
-// words (48 bytes: https://sqlite.org/walformat.html#the_wal_index_header).
+// words (48 bytes; see "The WAL-Index Header" in SQLite's WAL file format
+// documentation).
 const walHdrWords = 12
 
 // walIndex is a read-only mapping of the first page of a WAL database's
