@@ -145,6 +145,16 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
+	switch {
+	case cfg.ListCacheBytes == 0:
+		log.Info("list cache off")
+	case st.DataVersionShared():
+		log.Info("list cache on", "bytes", cfg.ListCacheBytes, "invalidation", "data_version")
+	case cfg.ListCacheTTL > 0:
+		log.Info("list cache on", "bytes", cfg.ListCacheBytes, "invalidation", "own writes and ttl", "ttl", cfg.ListCacheTTL.String())
+	default:
+		log.Info("list cache off", "reason", "-list-cache-ttl 0 on a store that cannot see other instances' writes")
+	}
 	apiCfg := httpx.DefaultServerConfig(cfg.Addr)
 	apiCfg.ShutdownTimeout = cfg.ShutdownTimeout
 	apiSrv, err := httpx.Listen(apiCfg, h, log)
