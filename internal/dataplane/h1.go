@@ -33,15 +33,21 @@ import (
 // A connection the server closed while it was idle is noticed on its next
 // use: when the response's first byte cannot be read from a reused
 // connection, the request (replayable by construction) is sent once more
-// on a new one, as http.Transport does. Idle connections are closed after
-// idleTimeout, checked when connections are returned. Response headers
-// are limited to maxHeaderBytes. Safe for concurrent use.
+// on a new one, as http.Transport does. A connection idle for more than a
+// second is first checked with a non-blocking read: anything that arrived
+// meanwhile (EOF, an unsolicited response) discards it, so a stale
+// response is never taken for the next request's. Idle connections are
+// closed after idleTimeout, checked when connections are returned.
+// Response headers are limited to maxHeaderBytes. Safe for concurrent use.
 type h1Pool struct {
 	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
 	maxIdlePerHost int
 	idleTimeout    time.Duration
 	maxHeaderBytes int64
 	now            func() time.Time
+	// probeAfter: a connection idle for longer is checked before reuse
+	// (probe) for bytes or EOF the server sent meanwhile.
+	probeAfter time.Duration
 
 	mu   sync.Mutex
 	idle map[string][]*h1Conn // by address, most recently used last
@@ -59,6 +65,22 @@ type h1Conn struct {
 }
 
 var errH1HeaderTooLarge = errors.New("upstream response headers too large")
+
+// quiet reports whether nothing arrived on the idle connection: no EOF (the
+// server closed it) and no bytes (an unsolicited response, such as a 408
+// some servers send before closing, which would otherwise be read as the
+// answer to the next request). One read with a deadline 50 µs away (a
+// deadline already past fails before reading); http.Transport's read loop
+// notices the same while the connection is idle.
+func (c *h1Conn) quiet() bool {
+	if c.br.Buffered() > 0 || c.conn.SetReadDeadline(time.Now().Add(50*time.Microsecond)) != nil {
+		return false
+	}
+	_, err := c.br.Peek(1)
+	var ne net.Error
+	timedOut := errors.As(err, &ne) && ne.Timeout()
+	return c.conn.SetReadDeadline(time.Time{}) == nil && timedOut
+}
 
 // Read feeds br, enforcing the response header limit.
 func (c *h1Conn) Read(p []byte) (int, error) {
@@ -79,7 +101,7 @@ func (c *h1Conn) Read(p []byte) (int, error) {
 
 func newH1Pool(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *h1Pool {
 	return &h1Pool{dial: dial, maxIdlePerHost: 1024, idleTimeout: 90 * time.Second, maxHeaderBytes: 1 << 20,
-		now: time.Now, idle: map[string][]*h1Conn{}}
+		now: time.Now, probeAfter: time.Second, idle: map[string][]*h1Conn{}}
 }
 
 // h1Eligible reports whether req may take the synchronous path.
@@ -98,15 +120,23 @@ func h1Eligible(req *http.Request) bool {
 
 // get returns an idle connection to addr (reused true) or dials one.
 func (p *h1Pool) get(ctx context.Context, addr string) (*h1Conn, bool, error) {
-	p.mu.Lock()
-	if cs := p.idle[addr]; len(cs) > 0 {
+	for {
+		p.mu.Lock()
+		cs := p.idle[addr]
+		if len(cs) == 0 {
+			p.mu.Unlock()
+			break
+		}
 		c := cs[len(cs)-1]
 		cs[len(cs)-1] = nil
 		p.idle[addr] = cs[:len(cs)-1]
 		p.mu.Unlock()
+		if p.now().Sub(c.idleAt) > p.probeAfter && !c.quiet() {
+			c.conn.Close()
+			continue
+		}
 		return c, true, nil
 	}
-	p.mu.Unlock()
 	nc, err := p.dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, false, err

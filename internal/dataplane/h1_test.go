@@ -328,3 +328,39 @@ func TestH1MaxConnections(t *testing.T) {
 		t.Fatalf("%d failed, peak %d upstream connections (max 4)", failed.Load(), peak.Load())
 	}
 }
+
+// An unsolicited response a server sent on an idle connection (a 408
+// before closing it) is never taken for the next request's answer: a
+// connection idle for longer than probeAfter is checked before reuse.
+func TestH1UnsolicitedResponseOnIdleConnection(t *testing.T) {
+	send408 := make(chan struct{})
+	sent := make(chan struct{})
+	var accepted atomic.Int32
+	url := rawBackend(t, func(c net.Conn, br *bufio.Reader) {
+		n := accepted.Add(1)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			body := fmt.Sprintf("conn %d %s", n, req.URL.Path)
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			if n == 1 && req.URL.Path == "/first" {
+				<-send408
+				fmt.Fprint(c, "HTTP/1.1 408 Request Timeout\r\nContent-Length: 7\r\nConnection: close\r\n\r\ntimeout")
+				close(sent) // on loopback the bytes are in the proxy's socket now
+			}
+		}
+	})
+	h := oneRoute(t, prefixRoute("r", "/", "a"), url)
+	if st, _, body := h.do(t, "GET", "/first", nil, nil); st != 200 || body != "conn 1 /first" {
+		t.Fatalf("first: %d %q", st, body)
+	}
+	close(send408)
+	<-sent
+	h.dp.cur.Load().clusters["a"].base.h1.probeAfter = 0 // every reuse is checked
+	st, _, body := h.do(t, "GET", "/second", nil, nil)
+	if st != 200 || body != "conn 2 /second" {
+		t.Fatalf("second: %d %q, want the answer from a new connection", st, body)
+	}
+}
