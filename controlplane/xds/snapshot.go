@@ -86,9 +86,10 @@ func build(in *inputs, node translate.Node) *built {
 }
 
 // encode serialises one type's resources (deterministically; the
-// translator sorts them by name) and versions them with a hash of that
-// encoding: equal content gives an equal version, so a type whose
-// resources did not change is not resent to the node.
+// translator sorts them by name) and versions each with a hash of its
+// encoding, and the type with a hash of those: equal content gives an
+// equal version, so a type whose resources did not change is not resent
+// to the node.
 func encode(typeURL string, items []types.Resource) (*encodedType, error) {
 	et := &encodedType{
 		typeURL:   typeURL,
@@ -109,6 +110,8 @@ func encode(typeURL string, items []types.Resource) (*encodedType, error) {
 		if _, dup := et.index[name]; dup {
 			return nil, fmt.Errorf("duplicate resource name %q", name)
 		}
+		// Each resource is hashed once: its own version (delta) is its
+		// hash, the type's version a hash of the resources' hashes.
 		sum := sha256.Sum256(buf)
 		a := &anypb.Any{TypeUrl: typeURL, Value: buf}
 		et.names[i], et.anys[i], et.index[name] = name, a, i
@@ -116,7 +119,7 @@ func encode(typeURL string, items []types.Resource) (*encodedType, error) {
 		et.resources[i] = &discovery.Resource{Name: name, Version: et.rversions[i], Resource: a}
 		h.Write([]byte(strconv.Itoa(len(buf))))
 		h.Write([]byte{0})
-		h.Write(buf)
+		h.Write(sum[:])
 	}
 	et.version = hex.EncodeToString(h.Sum(nil))[:16]
 	return et, nil
