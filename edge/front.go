@@ -244,3 +244,11 @@ func (c *clientBody) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the server's writer.
 func (c *clientBody) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// Flush keeps streaming responses streaming (the data plane's writer
+// flushes through an http.Flusher assertion).
+func (c *clientBody) Flush() {
+	if !c.replaced {
+		_ = http.NewResponseController(c.ResponseWriter).Flush()
+	}
+}
