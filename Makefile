@@ -69,7 +69,7 @@ stop: ## Stop the background topology started by `make start`.
 	  rm -f $(RUN_DIR)/petmesh-dev.pid; echo stopped; else echo "not running"; fi
 
 .PHONY: deps
-deps: ## Install what the tests need (Debian: PostgreSQL, Prometheus, docker-compose).
+deps: ## Install what the tests need (Debian: PostgreSQL, Prometheus, docker-compose, wrk, nginx, HAProxy, Caddy).
 	@scripts/deps.sh
 
 .PHONY: tools
