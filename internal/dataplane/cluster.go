@@ -642,11 +642,20 @@ func (c *clusterRT) eject(ep *endpointRT) {
 
 // start launches the health checker; stop cancels and waits for it.
 func (c *clusterRT) start() {
-	if c.started || c.hc == nil || len(c.eps) == 0 {
-		c.started = true
+	if c.started {
 		return
 	}
 	c.started = true
+	// A newly built cluster has served nothing yet: its circuit is closed.
+	// Publishing that here (before the graph is swapped in) resets a gauge
+	// the cluster it replaces may have left at 1, and makes the series exist
+	// from the start.
+	for _, resource := range []string{"requests", "pending"} {
+		c.stats.circuitOpen.WithLabelValues(c.name, resource).Set(0)
+	}
+	if c.hc == nil || len(c.eps) == 0 {
+		return
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.hcStop, c.hcDone = cancel, make(chan struct{})
 	go func() {

@@ -376,6 +376,21 @@ func TestCircuitBreaker(t *testing.T) {
 	if st != 503 || hdr.Get(HeaderOverloaded) != "true" || !strings.Contains(body, "overloaded") {
 		t.Fatalf("got %d %v %s, want 503 with %s: true", st, hdr, body, HeaderOverloaded)
 	}
+	circuit := h.dp.metrics.circuitOpen.WithLabelValues("a", "requests")
+	if got := testutil.ToFloat64(circuit); got != 1 {
+		t.Fatalf("circuit_open{requests} = %v while overflowing, want 1", got)
+	}
+	// A rebuilt cluster starts closed: the gauge must not stay at 1 because
+	// the cluster it replaced can no longer close it.
+	c2 := edsCluster("a")
+	c2.CircuitBreakers = c.CircuitBreakers
+	c2.ConnectTimeout = durationpb.New(3 * time.Second)
+	if err := h.dp.Apply(context.Background(), resources(listenerRDS(t, testListener, "r"), routeConfig("r", prefixRoute("r", "/", "a")), []*cluster.Cluster{c2}, loadAssignment(t, "a", be.URL))); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(circuit); got != 0 {
+		t.Fatalf("circuit_open{requests} = %v after the cluster was rebuilt, want 0", got)
+	}
 	close(release)
 	if st := <-done; st != 200 {
 		t.Fatalf("first request %d", st)
