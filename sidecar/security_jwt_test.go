@@ -35,15 +35,17 @@ func newIssuerInDir(t *testing.T, dir string) *issuer {
 	return &issuer{srv: srv, is: is}
 }
 
-// countingApp is a healthy app that counts its non-health requests and
-// echoes the identity it was given.
+// countingApp is a healthy app that counts its requests other than health
+// checks (the sidecar's own /health checks, and the active /ready checks
+// the proxies holding the echo cluster send) and echoes the identity it was
+// given.
 func countingApp(t *testing.T) (*app, *atomic.Int64) {
 	t.Helper()
 	var hits atomic.Int64
 	a := &app{started: make(chan struct{}, 16), release: make(chan struct{})}
 	a.healthy.Store(true)
 	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/health" {
+		if r.URL.Path == "/health" || r.URL.Path == "/ready" {
 			_, _ = io.WriteString(w, `{"status":"ok"}`)
 			return
 		}
