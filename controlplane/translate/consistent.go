@@ -230,6 +230,9 @@ func validateDeep(m proto.Message) error {
 			return
 		}
 		pm.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			if !fieldCanHoldAny(fd) {
+				return true // no Any below: its rules were checked by ValidateAll
+			}
 			switch {
 			case fd.IsList() && fd.Message() != nil:
 				l := v.List()

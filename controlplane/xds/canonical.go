@@ -4,6 +4,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/petmesh/petmesh/controlplane/translate"
 )
 
 // canonical returns m, or a copy of m in which every nested Any (typed
@@ -65,9 +67,17 @@ func canonicalize(m protoreflect.Message) {
 }
 
 // eachMessage calls f with every message-valued field, list element and
-// map value set in m, until f returns false.
+// map value set in m that can hold an Any (translate.CanHoldAny: the
+// others are skipped without a look), until f returns false.
 func eachMessage(m protoreflect.Message, f func(protoreflect.Message) bool) {
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		md := fd.Message()
+		if fd.IsMap() {
+			md = fd.MapValue().Message()
+		}
+		if !translate.CanHoldAny(md) {
+			return true
+		}
 		switch {
 		case fd.IsMap():
 			if fd.MapValue().Message() == nil {
