@@ -271,17 +271,23 @@ func (s *FileStore) Watch(ctx context.Context) (<-chan Version, error) {
 		ticker := time.NewTicker(s.poll)
 		defer ticker.Stop()
 		for {
+			// Take the Put signal first, then look: a Put that completes
+			// after this closes the channel we hold, and one that
+			// completed before it (the rename happens before the close,
+			// both under s.mu) is seen by latest. Looking first and taking
+			// the signal after would miss a Put that lands in between,
+			// until the next poll (up to a second late).
 			s.mu.Lock()
 			changed := s.changed
 			s.mu.Unlock()
-			select {
-			case <-ctx.Done():
-				return
-			case <-ticker.C:
-			case <-changed:
-			}
 			n, err := s.latest()
 			if err != nil || n <= last {
+				select {
+				case <-ctx.Done():
+					return
+				case <-ticker.C:
+				case <-changed:
+				}
 				continue
 			}
 			e, err := s.read(n)
