@@ -52,11 +52,16 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "petmesh_controlplane_store_errors_total", Help: "Failed reads of a route table version from the store.",
 		}),
 	}
-	// Every type's NACK counter exists from the start at 0, so that
-	// increase() over it is 0, not empty, until a proxy NACKs (the
-	// PetmeshProxyNACKing alert and the NACK panel read it).
+	// Every type's NACK counter and convergence histogram exist from the
+	// start at 0. For the counter, increase() is then 0, not empty, until
+	// a proxy NACKs (the PetmeshProxyNACKing alert and the NACK panel read
+	// it). For the histogram, a series born at its first observation
+	// would be first scraped with that observation already counted, so
+	// rate() would never see the first changes (a quiet mesh's only
+	// ones): the convergence panels stayed empty.
 	for _, t := range Types {
 		m.nacks.WithLabelValues(ShortType(t))
+		m.convergence.WithLabelValues(ShortType(t))
 	}
 	if reg == nil {
 		return m, nil

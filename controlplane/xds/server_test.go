@@ -198,6 +198,30 @@ func TestServerPushesAndTracksStatus(t *testing.T) {
 	pets := startProxy(t, h.addr, sidecarNode("pets", "pets-1"))
 	e0 := synced(t, h.srv, edge, "edge~e1")
 	p0 := synced(t, h.srv, pets, "sidecar~pets~pets-1")
+
+	// Before any change, every type's convergence histogram is exposed
+	// at 0: rate() over it can then see the first change (a series born
+	// at its first observation hides it).
+	mfs, err := h.prom.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := map[string]bool{}
+	for _, mf := range mfs {
+		if mf.GetName() != "petmesh_xds_convergence_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetHistogram().GetSampleCount() == 0 {
+				zero[m.GetLabel()[0].GetValue()] = true
+			}
+		}
+	}
+	for _, typ := range xds.Types {
+		if !zero[xds.ShortType(typ)] {
+			t.Errorf("no petmesh_xds_convergence_seconds{type=%q} series at 0 before any change (have %v)", xds.ShortType(typ), zero)
+		}
+	}
 	if e0.Kind != "edge" || p0.Kind != "sidecar" || p0.Service != "pets" || e0.ConnectedSince == nil {
 		t.Fatalf("status: %+v %+v", e0, p0)
 	}
