@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/petmesh/petmesh/internal/atomicfile"
 )
 
 // The built-in registry's state file lets a restarted control plane serve
@@ -102,7 +104,7 @@ func (r *Memory) saveState() {
 	slices.SortFunc(sf.Instances, func(a, b stateInstance) int { return strings.Compare(a.ID, b.ID) })
 	data, err := json.MarshalIndent(sf, "", "  ")
 	if err == nil {
-		err = writeFileAtomic(r.stateFile, append(data, '\n'))
+		err = writeState(r.stateFile, append(data, '\n'))
 	}
 	if err != nil {
 		r.metrics.stateErrors.Inc()
@@ -110,40 +112,10 @@ func (r *Memory) saveState() {
 	}
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+// writeState writes the state file, creating its directory (0700).
+func writeState(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".registry-state-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(path, data)
 }

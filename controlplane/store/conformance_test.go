@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/petmesh/petmesh/controlplane/routes"
+	"github.com/petmesh/petmesh/internal/atomicfile"
 	"github.com/petmesh/petmesh/internal/testutil"
 )
 
@@ -242,7 +243,7 @@ func TestFileStoreCrashLeftovers(t *testing.T) {
 	_ = s.Close()
 	// A crash mid-write leaves a temp file; it is not a version and is
 	// cleaned up on open.
-	if err := writeAtomic(dir+"/versions/.tmp-crash", []byte("{garbage")); err != nil {
+	if err := atomicfile.Write(dir+"/versions/.tmp-crash", []byte("{garbage")); err != nil {
 		t.Fatal(err)
 	}
 	s, err = OpenFile(dir)

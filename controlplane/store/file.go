@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/petmesh/petmesh/controlplane/routes"
+	"github.com/petmesh/petmesh/internal/atomicfile"
 )
 
 // FileStore keeps versions as files in a directory:
@@ -193,7 +194,7 @@ func (s *FileStore) Put(ctx context.Context, expected int64, t *routes.Table, au
 	if err != nil {
 		return Version{}, fmt.Errorf("file store: %w", err)
 	}
-	if err := writeAtomic(s.versionPath(e.Number), append(b, '\n')); err != nil {
+	if err := atomicfile.Write(s.versionPath(e.Number), append(b, '\n')); err != nil {
 		return Version{}, fmt.Errorf("file store: %w", err)
 	}
 	close(s.changed)
@@ -217,43 +218,6 @@ func flock(ctx context.Context, f *os.File) error {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-}
-
-// writeAtomic writes data to path: temp file in the same directory,
-// fsync, rename, fsync of the directory.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // Watch implements Store: it wakes on local Puts at once and polls for
