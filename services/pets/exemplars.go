@@ -1,0 +1,116 @@
+package pets
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// The OpenTelemetry SDK's default exemplar reservoir for a histogram keeps,
+// per bucket, a uniform random sample of the measurements made since the
+// last scrape (Algorithm L): the n-th request into a bucket replaces its
+// exemplar with probability 1/n. Since the GET /pets cache, a hit takes a
+// fraction of a millisecond, so readiness probes, pollers and cached pages
+// fill the first bucket of http_server_request_duration_seconds (le=0.005)
+// with many requests between scrapes, and the request an operator just
+// traced is almost never the exemplar of its bucket (e2e/trace_test.go's
+// exemplar check). Prometheus's own client keeps the latest observation per
+// bucket; the HTTP metrics here do the same, so the exemplar of a bucket
+// names the most recent sampled request that landed in it.
+//
+// This belongs in internal/telemetry.Setup (every process's histograms
+// have the same sampling); until it moves there, pets builds its HTTP
+// metrics on a meter provider of its own with this reservoir.
+
+// latestExemplarMeterProvider returns a meter provider whose explicit-bucket
+// histograms keep the latest exemplar per bucket, exported on reg (the
+// exporter is an unchecked collector: it sits beside the process's other
+// one on the same registry).
+func latestExemplarMeterProvider(reg prometheus.Registerer) (metric.MeterProvider, error) {
+	exp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo(), otelprom.WithoutTargetInfo())
+	if err != nil {
+		return nil, fmt.Errorf("prometheus exporter: %w", err)
+	}
+	view := sdkmetric.NewView(
+		sdkmetric.Instrument{Kind: sdkmetric.InstrumentKindHistogram},
+		sdkmetric.Stream{ExemplarReservoirProviderSelector: latestExemplarSelector},
+	)
+	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithView(view)), nil
+}
+
+// latestExemplarSelector picks the latest-per-bucket reservoir for
+// explicit-bucket histograms and the SDK's default for anything else.
+func latestExemplarSelector(agg sdkmetric.Aggregation) exemplar.ReservoirProvider {
+	if a, ok := agg.(sdkmetric.AggregationExplicitBucketHistogram); ok && len(a.Boundaries) > 0 {
+		bounds := slices.Clone(a.Boundaries)
+		slices.Sort(bounds)
+		return func(attribute.Set) exemplar.Reservoir { return newLatestReservoir(bounds) }
+	}
+	return sdkmetric.DefaultExemplarReservoirProviderSelector(agg)
+}
+
+// latestReservoir keeps the last offered measurement per histogram bucket
+// (upper bounds inclusive, as the histogram counts them). The SDK offers
+// only measurements its exemplar filter passes (a sampled span by
+// default). It is safe for concurrent use.
+type latestReservoir struct {
+	bounds []float64
+
+	mu   sync.Mutex
+	held []bool
+	ex   []exemplar.Exemplar
+}
+
+var _ exemplar.Reservoir = (*latestReservoir)(nil)
+
+func newLatestReservoir(bounds []float64) *latestReservoir {
+	return &latestReservoir{bounds: bounds, held: make([]bool, len(bounds)+1), ex: make([]exemplar.Exemplar, len(bounds)+1)}
+}
+
+// Offer implements exemplar.Reservoir.
+func (r *latestReservoir) Offer(ctx context.Context, t time.Time, v exemplar.Value, a []attribute.KeyValue) {
+	var n float64
+	switch v.Type() {
+	case exemplar.Int64ValueType:
+		n = float64(v.Int64())
+	case exemplar.Float64ValueType:
+		n = v.Float64()
+	default:
+		return
+	}
+	i := sort.SearchFloat64s(r.bounds, n)
+	e := exemplar.Exemplar{Time: t, Value: v, FilteredAttributes: slices.Clone(a)}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		tid, sid := sc.TraceID(), sc.SpanID()
+		e.TraceID, e.SpanID = tid[:], sid[:]
+	}
+	r.mu.Lock()
+	r.ex[i], r.held[i] = e, true
+	r.mu.Unlock()
+}
+
+// Collect implements exemplar.Reservoir: the held exemplars stay, as the
+// SDK's reservoirs keep theirs, so a bucket without new requests keeps
+// showing its last one.
+func (r *latestReservoir) Collect(dest *[]exemplar.Exemplar) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := (*dest)[:0]
+	for i, ok := range r.held {
+		if ok {
+			out = append(out, r.ex[i])
+		}
+	}
+	*dest = out
+}
