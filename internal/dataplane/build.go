@@ -17,6 +17,7 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -728,6 +729,21 @@ func compileRetry(rp, vhDefault *route.RetryPolicy, nonIdempotent bool) (*retryP
 	}
 	if p.max == 0 {
 		p.max = 10 * p.base
+	}
+	for i, hp := range rp.GetRetryHostPredicate() {
+		path := fmt.Sprintf("retry_host_predicate[%d]", i)
+		tc := hp.GetTypedConfig()
+		if tc.GetTypeUrl() != typePreviousHosts {
+			return nil, fmt.Errorf("%s.typed_config: unsupported retry host predicate %q (only %s)", path, tc.GetTypeUrl(), typePreviousHosts)
+		}
+		var ph previoushostsv3.PreviousHostsPredicate
+		if err := unpack(tc, &ph, path+".typed_config"); err != nil {
+			return nil, err
+		}
+		p.avoidPrevious = true
+	}
+	if rp.GetHostSelectionRetryMaxAttempts() < 0 {
+		return nil, errors.New("host_selection_retry_max_attempts: must not be negative")
 	}
 	for _, tok := range splitComma(rp.GetRetryOn()) {
 		switch tok {

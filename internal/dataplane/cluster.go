@@ -15,6 +15,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -105,6 +106,11 @@ type clusterRT struct {
 	outlier *outlierCfg
 	ejectMu sync.Mutex
 
+	// panicPct is common_lb_config.healthy_panic_threshold (default 50;
+	// 0 disables panic mode); panicCtr counts the picks made in panic.
+	panicPct float64
+	panicCtr prometheus.Counter
+
 	// cacheTTL (cluster metadata petmesh.cache_ttl) enables the GET
 	// response cache; 0 disables it.
 	cacheTTL time.Duration
@@ -148,6 +154,14 @@ func buildCluster(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment, prev 
 	if err := cl.parseMeta(c); err != nil {
 		return nil, err
 	}
+	cl.panicPct = 50
+	if p := c.GetCommonLbConfig().GetHealthyPanicThreshold(); p != nil {
+		if v := p.GetValue(); v < 0 || v > 100 || v != v {
+			return nil, errors.New("common_lb_config.healthy_panic_threshold.value: must be within [0, 100]")
+		}
+		cl.panicPct = p.GetValue()
+	}
+	cl.panicCtr = m.lbPanic.WithLabelValues(cl.name)
 	connectTimeout := 5 * time.Second
 	if c.GetConnectTimeout() != nil {
 		connectTimeout = c.GetConnectTimeout().AsDuration()
@@ -422,8 +436,9 @@ func (c *countedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// available reports whether ep may receive traffic now.
-func (c *clusterRT) available(ep *endpointRT) bool {
+// available reports whether ep may receive traffic at now (unix nanos):
+// EDS health, active health checks and outlier ejection.
+func (c *clusterRT) available(ep *endpointRT, now int64) bool {
 	if !ep.edsHealthy || !ep.healthy.Load() {
 		return false
 	}
@@ -431,7 +446,7 @@ func (c *clusterRT) available(ep *endpointRT) bool {
 	if until == 0 {
 		return true
 	}
-	if c.opts.Now().UnixNano() < until {
+	if now < until {
 		return false
 	}
 	// The ejection is over: bring the host back with fresh counters.
@@ -442,28 +457,98 @@ func (c *clusterRT) available(ep *endpointRT) bool {
 	return true
 }
 
+// pickMode selects the endpoints a pick considers.
+type pickMode int
+
+const (
+	pickHealthy  pickMode = iota // available, not DEGRADED
+	pickDegraded                 // available DEGRADED endpoints
+	pickAll                      // panic mode: every endpoint of the cluster
+)
+
+// eligible reports whether ep may be picked in mode and is not in avoid
+// (the hosts a retry with the previous_hosts predicate already tried).
+func (c *clusterRT) eligible(ep *endpointRT, mode pickMode, avoid []*endpointRT, now int64) bool {
+	for _, a := range avoid {
+		if a == ep {
+			return false
+		}
+	}
+	switch mode {
+	case pickAll:
+		return true
+	case pickDegraded:
+		return ep.degraded && c.available(ep, now)
+	default:
+		return !ep.degraded && c.available(ep, now)
+	}
+}
+
 // pick chooses an endpoint, or nil when none is available. As in Envoy,
-// DEGRADED endpoints take traffic only when no healthy one is available.
-func (c *clusterRT) pick() *endpointRT {
-	ep := c.pickAmong(false)
-	if ep == nil && c.hasDegraded {
-		ep = c.pickAmong(true)
+// DEGRADED endpoints take traffic only when no healthy one is available,
+// and while the available (healthy or degraded) share of the endpoints is
+// below healthy_panic_threshold the cluster is in panic mode: every
+// endpoint is balanced over, whatever its health. avoid lists the hosts
+// already tried by this request (retry_host_predicate previous_hosts):
+// they are skipped when another eligible host exists.
+func (c *clusterRT) pick(avoid []*endpointRT) *endpointRT {
+	now := c.opts.Now().UnixNano()
+	if c.panicPct > 0 && c.inPanic(now) {
+		c.panicCtr.Inc()
+		if ep := c.pickAmong(pickAll, avoid, now); ep != nil || len(avoid) == 0 {
+			return ep
+		}
+		return c.pickAmong(pickAll, nil, now)
+	}
+	ep := c.pickAvailable(avoid, now)
+	if ep == nil && len(avoid) > 0 {
+		ep = c.pickAvailable(nil, now)
 	}
 	return ep
 }
 
-// pickAmong picks among the degraded endpoints (degraded) or the others.
-func (c *clusterRT) pickAmong(degraded bool) *endpointRT {
+func (c *clusterRT) pickAvailable(avoid []*endpointRT, now int64) *endpointRT {
+	ep := c.pickAmong(pickHealthy, avoid, now)
+	if ep == nil && c.hasDegraded {
+		ep = c.pickAmong(pickDegraded, avoid, now)
+	}
+	return ep
+}
+
+// inPanic reports whether fewer than healthy_panic_threshold percent of
+// the endpoints are available (healthy or degraded), as Envoy's
+// isHostSetInPanic. It stops counting as soon as the threshold is met, so
+// a healthy cluster pays for about half its endpoints at the default 50%.
+func (c *clusterRT) inPanic(now int64) bool {
+	n := len(c.eps)
+	if n == 0 {
+		return false // nothing to balance over either way: 503
+	}
+	need := c.panicPct * float64(n) / 100 // available endpoints needed to stay out of panic
+	avail := 0
+	for _, ep := range c.eps {
+		if c.available(ep, now) {
+			avail++
+			if float64(avail) >= need {
+				return false
+			}
+		}
+	}
+	return float64(avail) < need
+}
+
+// pickAmong picks an endpoint eligible in mode by the load-balancing policy.
+func (c *clusterRT) pickAmong(mode pickMode, avoid []*endpointRT, now int64) *endpointRT {
 	n := uint64(len(c.eps))
 	if n == 0 {
 		return nil
 	}
 	switch c.lb {
 	case lbLeastRequest:
-		// Power of two choices among available endpoints.
+		// Power of two choices among eligible endpoints.
 		a := c.eps[c.opts.Rand(n)]
 		b := c.eps[c.opts.Rand(n)]
-		aok, bok := a.degraded == degraded && c.available(a), b.degraded == degraded && c.available(b)
+		aok, bok := c.eligible(a, mode, avoid, now), c.eligible(b, mode, avoid, now)
 		switch {
 		case aok && bok:
 			if b.active.Load() < a.active.Load() {
@@ -475,18 +560,18 @@ func (c *clusterRT) pickAmong(degraded bool) *endpointRT {
 		case bok:
 			return b
 		}
-		return c.scan(c.opts.Rand(n), degraded)
+		return c.scan(c.opts.Rand(n), mode, avoid, now)
 	case lbRandom:
-		return c.scan(c.opts.Rand(n), degraded)
+		return c.scan(c.opts.Rand(n), mode, avoid, now)
 	default:
-		return c.scan(c.rr.Add(1), degraded)
+		return c.scan(c.rr.Add(1), mode, avoid, now)
 	}
 }
 
-func (c *clusterRT) scan(start uint64, degraded bool) *endpointRT {
+func (c *clusterRT) scan(start uint64, mode pickMode, avoid []*endpointRT, now int64) *endpointRT {
 	n := uint64(len(c.eps))
 	for i := uint64(0); i < n; i++ {
-		if ep := c.eps[(start+i)%n]; ep.degraded == degraded && c.available(ep) {
+		if ep := c.eps[(start+i)%n]; c.eligible(ep, mode, avoid, now) {
 			return ep
 		}
 	}
@@ -611,7 +696,7 @@ func (c *clusterRT) enforced(pct uint64) bool {
 // eject removes ep from load balancing for base_ejection_time doubled on
 // each consecutive ejection (capped by max_ejection_time), unless that
 // would eject more than max_ejection_percent of the hosts (one host may
-// always be ejected, as in Envoy).
+// always be ejected, as in Envoy) or leave no host that is not ejected.
 func (c *clusterRT) eject(ep *endpointRT) {
 	c.ejectMu.Lock()
 	defer c.ejectMu.Unlock()
@@ -627,6 +712,9 @@ func (c *clusterRT) eject(ep *endpointRT) {
 	}
 	if ejected > 0 && (ejected+1)*100 > c.outlier.maxPercent*len(c.eps) {
 		return
+	}
+	if ejected+1 >= len(c.eps) {
+		return // never the last host that is not ejected (as Envoy: one always stays eligible)
 	}
 	n := ep.ejections.Add(1)
 	d := c.outlier.base << min(n-1, 20)

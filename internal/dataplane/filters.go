@@ -24,6 +24,9 @@ const (
 	typeJwtRoute  = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
 	typeRBAC      = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 	typeHCM       = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+	typeBuffer    = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+
+	typePreviousHosts = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
 
 // Route metadata conventions: Route.metadata.filter_metadata["petmesh"]

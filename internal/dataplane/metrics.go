@@ -14,6 +14,7 @@ type metrics struct {
 	retries        *prometheus.CounterVec
 	retryOverflow  *prometheus.CounterVec
 	ejections      *prometheus.CounterVec
+	lbPanic        *prometheus.CounterVec
 	circuitOpen    *prometheus.GaugeVec
 	healthy        *prometheus.GaugeVec
 	rateLimited    *prometheus.CounterVec
@@ -40,6 +41,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petmesh_dataplane_outlier_ejections_total", Help: "Outlier detection ejections by cluster.",
 		}, []string{"cluster"}),
+		lbPanic: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "petmesh_dataplane_lb_panic_total", Help: "Endpoint picks made in panic mode (fewer available endpoints than healthy_panic_threshold: every endpoint is balanced over), by cluster.",
+		}, []string{"cluster"}),
 		circuitOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "petmesh_dataplane_circuit_open", Help: "1 while a circuit-breaker threshold of the cluster is reached (resource: requests, pending, connections).",
 		}, []string{"cluster", "resource"}),
@@ -62,7 +66,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries, m.retryOverflow, m.ejections,
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.retries, m.retryOverflow, m.ejections, m.lbPanic,
 		m.circuitOpen, m.healthy, m.rateLimited, m.configApplied, m.configRejected, m.configTime} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("dataplane: register metrics: %w", err)

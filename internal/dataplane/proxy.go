@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,9 @@ type retryPolicy struct {
 	on5xx, onGw, onReset, onCF bool
 	codes                      []int
 	nonIdempotent              bool
+	// avoidPrevious: retry_host_predicate previous_hosts, a retry goes to
+	// a host this request has not tried when another eligible one exists.
+	avoidPrevious bool
 }
 
 func (p *retryPolicy) retriableStatus(code int) bool {
@@ -267,8 +271,13 @@ func (a *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			}
 		}
 	}
+	var triedBuf [4]*endpointRT
+	tried := triedBuf[:0] // hosts tried so far (previous_hosts predicate)
 	for attempt := 0; ; attempt++ {
-		ep := cl.pick()
+		ep := cl.pick(tried)
+		if p != nil && p.avoidPrevious && retries > 0 && ep != nil && !slices.Contains(tried, ep) {
+			tried = append(tried, ep)
+		}
 		if ep == nil {
 			if attempt > 0 {
 				cl.retryDone()
