@@ -46,6 +46,8 @@ type Config struct {
 	TTL                   time.Duration
 	HealthInterval        time.Duration
 	HealthTimeout         time.Duration
+	UnhealthyThreshold    int
+	HealthyThreshold      int
 
 	JWKSURL string
 	Issuer  string
@@ -91,6 +93,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.Duration(&c.TTL, "ttl", "SIDECAR_TTL", 5*time.Second, "registration TTL: without a heartbeat for this long the instance is removed (builtin) or critical (consul); heartbeats go out every min(-health-interval, ttl/3)")
 	f.Duration(&c.HealthInterval, "health-interval", "SIDECAR_HEALTH_INTERVAL", 2*time.Second, "how often the app's health endpoint is checked")
 	f.Duration(&c.HealthTimeout, "health-timeout", "SIDECAR_HEALTH_TIMEOUT", time.Second, "timeout of one app health check")
+	f.Int(&c.UnhealthyThreshold, "unhealthy-threshold", "SIDECAR_UNHEALTHY_THRESHOLD", 3, "consecutive failed (or timed-out) app health checks before a passing app is reported critical (Envoy's unhealthy_threshold)")
+	f.Int(&c.HealthyThreshold, "healthy-threshold", "SIDECAR_HEALTHY_THRESHOLD", 2, "consecutive passed app health checks before a critical app is reported passing again (Envoy's healthy_threshold; the first pass at startup is enough)")
 	f.String(&c.JWKSURL, "jwks-url", "SIDECAR_JWKS_URL", "", "JWKS URL of -issuer (the edge's /.well-known/jwks.json); when set, tokens of that issuer are verified with keys from here instead of the remote_jwks URI the control plane sends")
 	f.String(&c.Issuer, "issuer", "SIDECAR_ISSUER", "", "token issuer (iss) whose keys come from -jwks-url")
 	f.String(&c.TokenURL, "token-url", "SIDECAR_TOKEN_URL", "", "edge token endpoint (/auth/token) for the service's own token on egress; empty disables egress identity")
@@ -173,6 +177,12 @@ func (c Config) Validate() error {
 	}
 	if c.HealthTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-health-timeout: must be positive, got %v", c.HealthTimeout))
+	}
+	if c.UnhealthyThreshold < 1 || c.UnhealthyThreshold > 100 {
+		errs = append(errs, fmt.Errorf("-unhealthy-threshold: want 1 to 100 consecutive failures, got %d", c.UnhealthyThreshold))
+	}
+	if c.HealthyThreshold < 1 || c.HealthyThreshold > 100 {
+		errs = append(errs, fmt.Errorf("-healthy-threshold: want 1 to 100 consecutive passes, got %d", c.HealthyThreshold))
 	}
 	if (c.JWKSURL == "") != (c.Issuer == "") {
 		errs = append(errs, errors.New("-jwks-url and -issuer: set both or neither"))

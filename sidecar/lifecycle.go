@@ -38,32 +38,48 @@ type lifecycle struct {
 
 	gate       *gate
 	configured func() bool // the data plane has a complete configuration
-	healthy    atomic.Bool // last app check passed
+	healthy    atomic.Bool // the app's health (after the thresholds) is passing
 	registered atomic.Bool
 
-	mu      sync.Mutex
-	current registry.Health // last app health observed ("" before the first check)
-	output  string          // its check output
+	// Consecutive-result thresholds (as Envoy's unhealthy_threshold and
+	// healthy_threshold, Consul's failures_before_critical and
+	// success_before_passing): a passing app turns critical after
+	// unhealthyThreshold failed checks in a row, a critical one passing
+	// after healthyThreshold passed checks in a row. Until the app has
+	// passed once, as in Envoy at startup, one passed check is enough
+	// (nothing is registered before it).
+	unhealthyThreshold int
+	healthyThreshold   int
+
+	mu         sync.Mutex
+	current    registry.Health // the app's health after the thresholds ("" before the first check)
+	output     string          // its check output
+	failures   int             // consecutive failed checks
+	successes  int             // consecutive passed checks
+	passedOnce bool            // the app has been passing
 
 	mHealthy     prometheus.Gauge
 	mRegistered  prometheus.Gauge
 	mTransitions *prometheus.CounterVec
 	mRegErrors   *prometheus.CounterVec
+	mChecks      *prometheus.CounterVec
 }
 
 func newLifecycle(cfg Config, log *slog.Logger, reg registry.Registrar, info registry.Registration, g *gate, configured func() bool, pr prometheus.Registerer) (*lifecycle, error) {
 	l := &lifecycle{
-		log:        log,
-		reg:        reg,
-		regInfo:    info,
-		appURL:     "http://" + cfg.AppAddr + cfg.AppHealthPath,
-		client:     &http.Client{Timeout: cfg.HealthTimeout, Transport: &http.Transport{MaxIdleConns: 1, IdleConnTimeout: 2 * cfg.HealthInterval}},
-		interval:   min(cfg.HealthInterval, cfg.TTL/3),
-		startPoll:  min(cfg.HealthInterval, 200*time.Millisecond),
-		gate:       g,
-		configured: configured,
+		log:                log,
+		reg:                reg,
+		regInfo:            info,
+		appURL:             "http://" + cfg.AppAddr + cfg.AppHealthPath,
+		client:             &http.Client{Timeout: cfg.HealthTimeout, Transport: &http.Transport{MaxIdleConns: 1, IdleConnTimeout: 2 * cfg.HealthInterval}},
+		interval:           min(cfg.HealthInterval, cfg.TTL/3),
+		startPoll:          min(cfg.HealthInterval, 200*time.Millisecond),
+		gate:               g,
+		configured:         configured,
+		unhealthyThreshold: max(cfg.UnhealthyThreshold, 1),
+		healthyThreshold:   max(cfg.HealthyThreshold, 1),
 		mHealthy: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "petmesh_sidecar_app_healthy", Help: "1 when the app's last health check passed.",
+			Name: "petmesh_sidecar_app_healthy", Help: "1 while the app's health (after -unhealthy-threshold and -healthy-threshold) is passing.",
 		}),
 		mRegistered: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "petmesh_sidecar_registered", Help: "1 while the instance is registered.",
@@ -74,8 +90,11 @@ func newLifecycle(cfg Config, log *slog.Logger, reg registry.Registrar, info reg
 		mRegErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petmesh_sidecar_registry_errors_total", Help: "Failed registry calls by operation.",
 		}, []string{"op"}),
+		mChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "petmesh_sidecar_app_checks_total", Help: "App health checks by result (passing or critical), before the thresholds.",
+		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{l.mHealthy, l.mRegistered, l.mTransitions, l.mRegErrors} {
+	for _, c := range []prometheus.Collector{l.mHealthy, l.mRegistered, l.mTransitions, l.mRegErrors, l.mChecks} {
 		if err := pr.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -110,31 +129,73 @@ func unsampledTraceparent() string {
 	return fmt.Sprintf("00-%016x%016x-%016x-00", rand.Uint64()|1, rand.Uint64(), rand.Uint64()|1)
 }
 
-// observe records a check result and logs each transition.
+// observe records one check result and applies the thresholds: the
+// reported health changes only after enough consecutive results of the
+// other kind. Each transition is logged.
 func (l *lifecycle) observe(h registry.Health, output string) {
+	l.mChecks.WithLabelValues(string(h)).Inc()
 	l.mu.Lock()
 	prev := l.current
-	l.current, l.output = h, output
-	l.mu.Unlock()
-	l.healthy.Store(h == registry.HealthPassing)
 	if h == registry.HealthPassing {
+		l.successes++
+		l.failures = 0
+	} else {
+		l.failures++
+		l.successes = 0
+	}
+	next := prev
+	switch {
+	case prev == "":
+		next = h // the first check: nothing to smooth yet
+	case prev == registry.HealthPassing && h != registry.HealthPassing && l.failures >= l.unhealthyThreshold:
+		next = h
+	case prev != registry.HealthPassing && h == registry.HealthPassing && (l.successes >= l.healthyThreshold || !l.passedOnce):
+		next = h
+	}
+	if next == registry.HealthPassing {
+		l.passedOnce = true
+	}
+	switch {
+	case next == h:
+		l.output = output
+	case h != registry.HealthPassing:
+		// Still passing: say so, and why it may not stay so.
+		l.output = fmt.Sprintf("passing (%d of %d consecutive failures before critical; last: %s)", l.failures, l.unhealthyThreshold, output)
+	default:
+		l.output = fmt.Sprintf("critical (%d of %d consecutive passes before passing; last: %s)", l.successes, l.healthyThreshold, output)
+	}
+	l.current = next
+	failures := l.failures
+	l.mu.Unlock()
+	l.healthy.Store(next == registry.HealthPassing)
+	if next == registry.HealthPassing {
 		l.mHealthy.Set(1)
 	} else {
 		l.mHealthy.Set(0)
 	}
-	if prev == h {
+	if prev == next {
+		if h != registry.HealthPassing && next == registry.HealthPassing {
+			l.log.Info("app health check failed; still passing", "consecutive_failures", failures, "unhealthy_threshold", l.unhealthyThreshold, "output", output)
+		}
 		return
 	}
-	l.mTransitions.WithLabelValues(string(h)).Inc()
+	l.mTransitions.WithLabelValues(string(next)).Inc()
 	from := string(prev)
 	if from == "" {
 		from = "unknown"
 	}
 	lvl := slog.LevelInfo
-	if h != registry.HealthPassing {
+	if next != registry.HealthPassing {
 		lvl = slog.LevelWarn
 	}
-	l.log.Log(context.Background(), lvl, "app health transition", "from", from, "to", string(h), "output", output)
+	l.log.Log(context.Background(), lvl, "app health transition", "from", from, "to", string(next), "output", output)
+}
+
+// health returns the app's health after the thresholds and its output.
+func (l *lifecycle) health() (registry.Health, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.current, l.output
 }
 
 // run drives the lifecycle until ctx is done. It returns an error only for
@@ -149,6 +210,7 @@ func (l *lifecycle) run(ctx context.Context) error {
 			return nil
 		}
 		l.observe(h, out)
+		h, out = l.health()
 		cfgOK := l.configured()
 		if h == registry.HealthPassing && cfgOK {
 			break
@@ -197,9 +259,7 @@ func (l *lifecycle) run(ctx context.Context) error {
 // report registers the instance when it is not registered, then sets its
 // health (which renews the TTL).
 func (l *lifecycle) report(ctx context.Context) error {
-	l.mu.Lock()
-	h, out := l.current, l.output
-	l.mu.Unlock()
+	h, out := l.health()
 	if !l.registered.Load() {
 		if err := l.reg.Register(ctx, l.regInfo); err != nil {
 			l.mRegErrors.WithLabelValues("register").Inc()

@@ -25,7 +25,6 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	consulapi "github.com/hashicorp/consul/api"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -208,20 +207,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 
 	// Registry.
-	var reg registry.Registrar
-	switch cfg.Registry {
-	case RegistryBuiltin:
-		if reg, err = registry.NewHTTPClient(cfg.RegistryURL, cfg.RegistrationToken); err != nil {
-			return fmt.Errorf("-registry-url: %w", err)
-		}
-	case RegistryConsul:
-		cc, err := consulapi.NewClient(&consulapi.Config{Address: cfg.ConsulAddr})
-		if err != nil {
-			return fmt.Errorf("-consul-addr: %w", err)
-		}
-		if reg, err = registry.NewConsul(registry.ConsulOptions{Client: cc, DefaultTTL: cfg.TTL}); err != nil {
-			return fmt.Errorf("-registry consul: %w", err)
-		}
+	reg, err := newRegistrar(cfg)
+	if err != nil {
+		return err
 	}
 	info := registry.Registration{
 		Service: cfg.Service, ID: cfg.Instance, Address: cfg.advertiseHost(), Port: inPort, Version: cfg.Version, TTL: cfg.TTL,
