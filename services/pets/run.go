@@ -40,7 +40,7 @@ type Config struct {
 func parseConfig(args []string, getenv func(string) string, out io.Writer) (Config, error) {
 	var c Config
 	f := config.New("pets", getenv, out)
-	f.String(&c.Addr, "addr", "PETS_ADDR", ":7001", "public API listen address")
+	f.String(&c.Addr, "addr", "PETS_ADDR", "127.0.0.1:7001", "public API listen address (loopback by default: the app trusts the identity headers of the sidecar beside it, which must be its only caller)")
 	f.String(&c.AdminAddr, "admin-addr", "PETS_ADMIN_ADDR", "127.0.0.1:7101", "admin listen address (/metrics, /healthz, /readyz)")
 	f.String(&c.DB, "db", "PETS_DB", DefaultDB, "store DSN: sqlite://PATH or a file path for SQLite, postgres://USER:PASS@HOST:PORT/DB?sslmode=disable for PostgreSQL")
 	f.Int(&c.DBMaxConns, "db-max-conns", "PETS_DB_MAX_CONNS", 0, "database connection pool size (0: 2×GOMAXPROCS, at least 4, for SQLite; 10 for PostgreSQL)")

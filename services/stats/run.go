@@ -91,7 +91,7 @@ func (c *Config) Validate() error {
 func ParseConfig(args []string, getenv func(string) string, out io.Writer) (*Config, error) {
 	var c Config
 	f := config.New("stats", getenv, out)
-	f.String(&c.Addr, "addr", "STATS_ADDR", ":7003", "public API listen address")
+	f.String(&c.Addr, "addr", "STATS_ADDR", "127.0.0.1:7003", "public API listen address (loopback by default: the app trusts the identity headers of the sidecar beside it, which must be its only caller)")
 	f.String(&c.AdminAddr, "admin-addr", "STATS_ADMIN_ADDR", "127.0.0.1:7103", "admin listen address (/metrics, /healthz, /readyz)")
 	f.String(&c.DBPath, "db", "STATS_DB", "stats.db", "SQLite database file (WAL mode; created if missing)")
 	f.Duration(&c.Retention, "retention", "STATS_RETENTION", 7*24*time.Hour+time.Hour, "how long aggregates and pet views are kept (at least 1h)")

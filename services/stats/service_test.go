@@ -464,7 +464,7 @@ func TestConfigValidation(t *testing.T) {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
 				}
-				if cfg.Addr != ":7003" || cfg.AdminAddr != "127.0.0.1:7103" {
+				if cfg.Addr != "127.0.0.1:7003" || cfg.AdminAddr != "127.0.0.1:7103" {
 					t.Errorf("default addresses %q %q", cfg.Addr, cfg.AdminAddr)
 				}
 				return

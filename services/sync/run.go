@@ -51,7 +51,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	var c Config
 	host, _ := os.Hostname()
 	fl := config.New("sync", getenv, stderr)
-	fl.String(&c.Addr, "addr", "SYNC_ADDR", ":7002", "listen address of the sync API")
+	fl.String(&c.Addr, "addr", "SYNC_ADDR", "127.0.0.1:7002", "listen address of the sync API (loopback by default: the app trusts the identity headers of the sidecar beside it, which must be its only caller)")
 	fl.String(&c.AdminAddr, "admin-addr", "SYNC_ADMIN_ADDR", "127.0.0.1:7102", "listen address of the admin endpoints (/metrics /healthz /readyz)")
 	fl.String(&c.DB, "db", "SYNC_DB", "sync.db", "SQLite file holding the run history (WAL; may be shared by instances on one machine)")
 	fl.String(&c.PetfinderURL, "petfinder-url", "SYNC_PETFINDER_URL", "http://127.0.0.1:7010", "base URL of the Petfinder API (without /v2); the default is the local stand-in")
