@@ -189,7 +189,7 @@ func run(ctx context.Context) error {
 	} else {
 		go runDirect()
 	}
-	var cpu0, cpu1 cpuTimes
+	var cpu0, cpu1, app0, app1 cpuTimes
 	var served0, served1 float64
 	var maxRSS int64
 	admin := "http://" + sc.addrs["admin"]
@@ -198,6 +198,7 @@ func run(ctx context.Context) error {
 		case "start":
 			served0 = inboundRequests(admin)
 			cpu0 = cpuSeconds(sc.cmd.Process.Pid)
+			app0 = cpuSeconds(app.cmd.Process.Pid)
 			if *profile != "" {
 				go fetchProfile("http://"+sc.addrs["admin"], *dur, *profile)
 			}
@@ -205,6 +206,7 @@ func run(ctx context.Context) error {
 			maxRSS = max(maxRSS, rssKB(sc.cmd.Process.Pid))
 		case "end":
 			cpu1 = cpuSeconds(sc.cmd.Process.Pid)
+			app1 = cpuSeconds(app.cmd.Process.Pid)
 			served1 = inboundRequests(admin)
 			if *heapProfile != "" {
 				save("http://"+sc.addrs["admin"]+"/debug/pprof/heap", *heapProfile)
@@ -235,6 +237,18 @@ func run(ctx context.Context) error {
 	}
 	fmt.Printf("sidecar CPU: %.3f vCPU (utime+stime over the measured window: user %.3f, system %.3f); %.0f requests handled in the window (%.0f/s), %.0f µs CPU per request; at that cost %d rps take %.3f vCPU\n",
 		user+sys, user, sys, served, served/dur.Seconds(), perReq, *rps, perReq*float64(*rps)/1e6)
+	// The app, a minimal Go net/http server with a fixed answer, is the
+	// reference: it served the direct load and the sidecar's in the same
+	// window (in -sequential mode only the sidecar's).
+	appServed := served
+	if !*sequential {
+		appServed += float64(len(direct.lat))
+	}
+	if appServed > 0 {
+		appCPU := (app1.user - app0.user) + (app1.sys - app0.sys)
+		fmt.Printf("reference: the app (Go net/http, fixed answer) used %.0f µs CPU per request it served in the same window (%.0f requests); the sidecar costs %.2f× that per request\n",
+			appCPU*1e6/appServed, appServed, perReq/(appCPU*1e6/appServed))
+	}
 	if vcs, ivcs := ctxSwitches(sc.cmd.Process.Pid); vcs > 0 {
 		fmt.Printf("sidecar context switches since start: %d voluntary, %d involuntary\n", vcs, ivcs)
 	}
