@@ -175,6 +175,57 @@ func TestValidateErrors(t *testing.T) {
 			},
 			want: []string{"routes[0].rate_limit.key: subject needs an authenticated route (auth.public is true)"},
 		},
+		{
+			desc:   "timeout 0s (disabled) is allowed when written",
+			mutate: func(t *Table) { t.Routes[0].Timeout = Dur(0) },
+		},
+		{
+			desc:   "max_body_bytes 0 (unlimited) on an authenticated route",
+			mutate: func(t *Table) { t.Routes[0].MaxBodyBytes = ptr[int](0) },
+		},
+		{
+			desc: "max_body_bytes 0 (unlimited) on a public route",
+			mutate: func(t *Table) {
+				t.Routes[0].Auth = &Auth{Public: true}
+				t.Routes[0].MaxBodyBytes = ptr[int](0)
+			},
+			want: []string{"routes[0].max_body_bytes: 0 (unlimited) is not allowed on a public route (auth.public is true): set a limit"},
+		},
+		{
+			desc: "max_body_bytes limit on a public route",
+			mutate: func(t *Table) {
+				t.Routes[0].Auth = &Auth{Public: true}
+				t.Routes[0].MaxBodyBytes = ptr[int](65536)
+			},
+		},
+		{
+			desc:   "max_body_bytes negative",
+			mutate: func(t *Table) { t.Routes[0].MaxBodyBytes = ptr[int](-1) },
+			want:   []string{"routes[0].max_body_bytes: must be 0-1073741824 (0: unlimited), got -1"},
+		},
+		{
+			desc:   "max_body_bytes above 1 GiB",
+			mutate: func(t *Table) { t.Routes[0].MaxBodyBytes = ptr[int](MaxMaxBodyBytes + 1) },
+			want:   []string{"routes[0].max_body_bytes: must be 0-1073741824 (0: unlimited), got 1073741825"},
+		},
+		{
+			desc:   "panic_threshold 0 disables panic mode",
+			mutate: func(t *Table) { t.Services = map[string]Service{"a": {PanicThreshold: ptr(0.0)}} },
+		},
+		{
+			desc:   "panic_threshold 100",
+			mutate: func(t *Table) { t.Services = map[string]Service{"a": {PanicThreshold: ptr(100.0)}} },
+		},
+		{
+			desc:   "panic_threshold above 100",
+			mutate: func(t *Table) { t.Services = map[string]Service{"a": {PanicThreshold: ptr(100.5)}} },
+			want:   []string{"services.a.panic_threshold: must be 0-100, got 100.5"},
+		},
+		{
+			desc:   "panic_threshold negative",
+			mutate: func(t *Table) { t.Services = map[string]Service{"a": {PanicThreshold: ptr(-1.0)}} },
+			want:   []string{"services.a.panic_threshold: must be 0-100, got -1"},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
@@ -309,3 +360,5 @@ func TestParseLimits(t *testing.T) {
 		t.Fatalf("blank: %v", err)
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -32,8 +32,9 @@ type Route struct {
 	Match   Match    `json:"match" yaml:"match"`
 	Auth    *Auth    `json:"auth,omitempty" yaml:"auth,omitempty"`
 	Targets []Target `json:"targets,omitempty" yaml:"targets,omitempty"`
-	// Timeout bounds the whole request including retries (default 15s;
-	// "0s" disables it).
+	// Timeout bounds the whole request including retries: absent means
+	// Envoy's default of 15s (the translator emits it explicitly), "0s"
+	// disables it (only when written: never a default).
 	Timeout        *Duration       `json:"timeout,omitempty" yaml:"timeout,omitempty"`
 	Retries        *Retries        `json:"retries,omitempty" yaml:"retries,omitempty"`
 	RateLimit      *RateLimit      `json:"rate_limit,omitempty" yaml:"rate_limit,omitempty"`
@@ -43,7 +44,17 @@ type Route struct {
 	// Fault injects faults into this route at the edge (services' own
 	// fault policies apply at their sidecars).
 	Fault *Fault `json:"fault,omitempty" yaml:"fault,omitempty"`
+	// MaxBodyBytes bounds the request body at the edge (413 above it):
+	// absent means 10 MiB (translate.DefaultMaxBodyBytes, the edge's own
+	// -max-body default); 0 means unlimited and must be written, and is refused on
+	// public routes (an anonymous client could send an unbounded body).
+	MaxBodyBytes *int `json:"max_body_bytes,omitempty" yaml:"max_body_bytes,omitempty"`
 }
+
+// MaxMaxBodyBytes is the largest max_body_bytes (1 GiB): Envoy's buffer
+// filter holds the whole body in memory; larger uploads need an
+// authenticated route with max_body_bytes 0 (unlimited, streamed).
+const MaxMaxBodyBytes = 1 << 30
 
 // Match selects requests. Exactly one of Prefix, Path and Regex is set.
 type Match struct {
@@ -128,6 +139,12 @@ type Service struct {
 	Bulkhead         *Bulkhead         `json:"bulkhead,omitempty" yaml:"bulkhead,omitempty"`
 	Fault            *Fault            `json:"fault,omitempty" yaml:"fault,omitempty"`
 	Cache            *Cache            `json:"cache,omitempty" yaml:"cache,omitempty"`
+	// PanicThreshold is a percent (0-100; default 50 like Envoy's
+	// healthy_panic_threshold, translate.DefaultPanicThreshold): when
+	// fewer of the service's endpoints than this are healthy, the proxy
+	// balances over all of them (healthy or not) rather than overloading
+	// the few healthy ones. 0 disables panic mode.
+	PanicThreshold *float64 `json:"panic_threshold,omitempty" yaml:"panic_threshold,omitempty"`
 }
 
 // CircuitBreaker thresholds; zero means the default (1024 each, and

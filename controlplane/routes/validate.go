@@ -267,6 +267,14 @@ func validateRoute(r *Route, p string, known map[string]bool, e *errs) {
 	if r.Fault != nil {
 		validateFault(r.Fault, p+".fault", e)
 	}
+	if mb := r.MaxBodyBytes; mb != nil {
+		switch {
+		case *mb < 0 || *mb > MaxMaxBodyBytes:
+			e.add(p+".max_body_bytes", "must be 0-%d (0: unlimited), got %d", MaxMaxBodyBytes, *mb)
+		case *mb == 0 && r.Auth != nil && r.Auth.Public:
+			e.add(p+".max_body_bytes", "0 (unlimited) is not allowed on a public route (auth.public is true): set a limit")
+		}
+	}
 }
 
 func validateTargets(r *Route, p string, known map[string]bool, e *errs) {
@@ -364,6 +372,9 @@ func validateService(s *Service, p string, e *errs) {
 	}
 	if s.Fault != nil {
 		validateFault(s.Fault, p+".fault", e)
+	}
+	if s.PanicThreshold != nil {
+		percent(*s.PanicThreshold, p+".panic_threshold", e)
 	}
 	if c := s.Cache; c != nil && (c.TTL <= 0 || c.TTL.Std() > 24*time.Hour) {
 		e.add(p+".cache.ttl", "must be between 0s (exclusive) and 24h, got %v", c.TTL)

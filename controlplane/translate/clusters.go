@@ -10,6 +10,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/petmesh/petmesh/controlplane/routes"
@@ -100,6 +101,19 @@ func edsCluster(name, svc, version string, p routes.Service, proxyless bool) *cl
 	}
 	c.Metadata = resource.Metadata(md)
 	return c
+}
+
+// commonLbConfig carries the service's healthy panic threshold, always
+// explicit (DefaultPanicThreshold, Envoy's 50%, when the table leaves it
+// out; 0 disables panic mode): below that share of healthy endpoints
+// the proxy balances over every endpoint instead of piling the load on
+// the few healthy ones.
+func commonLbConfig(p routes.Service) *clusterv3.Cluster_CommonLbConfig {
+	pct := DefaultPanicThreshold
+	if p.PanicThreshold != nil {
+		pct = *p.PanicThreshold
+	}
+	return &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: pct}}
 }
 
 // healthStatus maps registry health to Envoy's.

@@ -9,6 +9,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	commonfault "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	lrlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
@@ -89,6 +90,12 @@ func (in *input) jwtFilter() (*hcm.HttpFilter, error) {
 		RequiresAny: &jwtv3.JwtRequirementOrList{Requirements: optional},
 	}}
 	return resource.HTTPFilter(resource.FilterJWTAuthn, cfg), nil
+}
+
+// bufferFilter is the buffer filter with the default body limit; routes
+// set their own with BufferPerRoute (bufferPerRoute).
+func bufferFilter() *hcm.HttpFilter {
+	return resource.HTTPFilter(FilterBuffer, &bufferv3.Buffer{MaxRequestBytes: u32(DefaultMaxBodyBytes)})
 }
 
 func routerFilter() *hcm.HttpFilter {

@@ -37,13 +37,17 @@ func (in *input) edge(node Node) (*Resources, error) {
 	if port == 0 {
 		port = DefaultEdgePort
 	}
-	l := httpListener(resource.ListenerEdge, "0.0.0.0", port, resource.HCM(resource.ListenerEdge, resource.RouteEdge,
-		jwt, rbacFilter(), rateLimitFilter(resource.ListenerEdge), faultFilter(nil), routerFilter()))
+	filters := []*hcm.HttpFilter{jwt, rbacFilter(), rateLimitFilter(resource.ListenerEdge), faultFilter(nil)}
+	if in.opts.ResilienceFields {
+		filters = append(filters, bufferFilter())
+	}
+	filters = append(filters, routerFilter())
+	l := httpListener(resource.ListenerEdge, "0.0.0.0", port, resource.HCM(resource.ListenerEdge, resource.RouteEdge, filters...))
 
 	clusters := clusterSet{}
 	vh := &routev3.VirtualHost{Name: "edge", Domains: []string{"*"}}
 	for i := range in.table.Routes {
-		vh.Routes = append(vh.Routes, edgeRoute(&in.table.Routes[i], clusters))
+		vh.Routes = append(vh.Routes, in.edgeRoute(&in.table.Routes[i], clusters))
 	}
 	rc := &routev3.RouteConfiguration{Name: resource.RouteEdge, VirtualHosts: []*routev3.VirtualHost{vh}}
 
@@ -145,21 +149,23 @@ func (in *input) sidecar(node Node) (*Resources, error) {
 			if servesOnly(r, s) && r.DirectResponse == nil {
 				vh.Routes = append(vh.Routes, &routev3.Route{
 					Name: r.Name, Match: match(r.Match), Metadata: routeMetadata(r),
-					Action: &routev3.Route_Route{Route: forward(r, clusters)},
+					Action: &routev3.Route_Route{Route: in.forward(r, clusters)},
 				})
 			}
 		}
+		catchAllRetry := &routev3.RetryPolicy{
+			RetryOn:      "connect-failure,reset",
+			NumRetries:   u32(outboundCatchAllRetries),
+			RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: resource.Duration(DefaultBackoffBase)},
+		}
+		in.avoidPreviousHosts(catchAllRetry)
 		vh.Routes = append(vh.Routes, &routev3.Route{
 			Name:  "default",
 			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: resource.Cluster(s, "")},
 				Timeout:          resource.Duration(DefaultRouteTimeout),
-				RetryPolicy: &routev3.RetryPolicy{
-					RetryOn:      "connect-failure,reset",
-					NumRetries:   u32(outboundCatchAllRetries),
-					RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: resource.Duration(DefaultBackoffBase)},
-				},
+				RetryPolicy:      catchAllRetry,
 			}},
 		})
 		outRC.VirtualHosts = append(outRC.VirtualHosts, vh)
@@ -202,7 +208,7 @@ func (in *input) proxyless() *Resources {
 		for i := range in.table.Routes {
 			tr := &in.table.Routes[i]
 			if servesOnly(tr, s) && len(tr.Targets) > 1 {
-				f := forward(tr, clusters)
+				f := in.forward(tr, clusters)
 				a.ClusterSpecifier = f.ClusterSpecifier
 				break
 			}

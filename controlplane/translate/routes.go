@@ -6,11 +6,25 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/petmesh/petmesh/controlplane/routes"
 	"github.com/petmesh/petmesh/internal/xds/resource"
+)
+
+// Envoy extension names the resilience fields use. They belong with the
+// other filter names in internal/xds/resource (defined once); they live
+// here until the data plane, which will read them too, is changed.
+const (
+	// FilterBuffer is Envoy's buffer filter: whole-request buffering
+	// with a body limit (413 above it).
+	FilterBuffer = "envoy.filters.http.buffer"
+	// RetryHostPreviousHosts is Envoy's retry host predicate that
+	// rejects hosts already tried by the request.
+	RetryHostPreviousHosts = "envoy.retry_host_predicates.previous_hosts"
 )
 
 // match translates a route table match.
@@ -70,7 +84,7 @@ func targetCluster(t routes.Target) string {
 
 // forward is a route action to r's targets with its timeout, retries and
 // rewrites; clusters collects the service clusters referenced.
-func forward(r *routes.Route, clusters clusterSet) *routev3.RouteAction {
+func (in *input) forward(r *routes.Route, clusters clusterSet) *routev3.RouteAction {
 	a := &routev3.RouteAction{}
 	var weighted []*routev3.WeightedCluster_ClusterWeight
 	for _, t := range r.Targets {
@@ -88,7 +102,7 @@ func forward(r *routes.Route, clusters clusterSet) *routev3.RouteAction {
 	}
 	a.Timeout = resource.Duration(durOr(r.Timeout, DefaultRouteTimeout))
 	if rt := r.Retries; rt != nil {
-		a.RetryPolicy = retryPolicy(rt)
+		a.RetryPolicy = in.retryPolicy(rt)
 	}
 	if r.PrefixRewrite != "" {
 		a.PrefixRewrite = r.PrefixRewrite
@@ -99,7 +113,7 @@ func forward(r *routes.Route, clusters clusterSet) *routev3.RouteAction {
 	return a
 }
 
-func retryPolicy(rt *routes.Retries) *routev3.RetryPolicy {
+func (in *input) retryPolicy(rt *routes.Retries) *routev3.RetryPolicy {
 	on := rt.RetryOn
 	if len(on) == 0 {
 		on = DefaultRetryOn
@@ -122,7 +136,38 @@ func retryPolicy(rt *routes.Retries) *routev3.RetryPolicy {
 	for _, c := range rt.RetriableStatusCodes {
 		p.RetriableStatusCodes = append(p.RetriableStatusCodes, uint32(c))
 	}
+	in.avoidPreviousHosts(p)
 	return p
+}
+
+// avoidPreviousHosts makes a retry pick another host than the ones that
+// already failed (Envoy's previous_hosts predicate), trying up to
+// HostSelectionRetryMaxAttempts picks: without it a retry can land on the
+// host that just failed (with round robin over two hosts, often does).
+// Only with Options.ResilienceFields.
+func (in *input) avoidPreviousHosts(p *routev3.RetryPolicy) {
+	if !in.opts.ResilienceFields {
+		return
+	}
+	p.RetryHostPredicate = []*routev3.RetryPolicy_RetryHostPredicate{{
+		Name:       RetryHostPreviousHosts,
+		ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: resource.MustAny(&previoushostsv3.PreviousHostsPredicate{})},
+	}}
+	p.HostSelectionRetryMaxAttempts = HostSelectionRetryMaxAttempts
+}
+
+// bufferPerRoute is r's request body limit: BufferPerRoute with
+// max_body_bytes (DefaultMaxBodyBytes when absent), or disabled (no
+// limit) for max_body_bytes 0.
+func bufferPerRoute(r *routes.Route) *bufferv3.BufferPerRoute {
+	if r.MaxBodyBytes != nil && *r.MaxBodyBytes == 0 {
+		return &bufferv3.BufferPerRoute{Override: &bufferv3.BufferPerRoute_Disabled{Disabled: true}}
+	}
+	n := DefaultMaxBodyBytes
+	if r.MaxBodyBytes != nil {
+		n = *r.MaxBodyBytes
+	}
+	return &bufferv3.BufferPerRoute{Override: &bufferv3.BufferPerRoute_Buffer{Buffer: &bufferv3.Buffer{MaxRequestBytes: u32(n)}}}
 }
 
 // routeMetadata records the route name and the non-idempotent retry
@@ -136,8 +181,9 @@ func routeMetadata(r *routes.Route) *core.Metadata {
 }
 
 // edgeRoute is a route of the edge's route configuration: the action plus
-// per-route jwt_authn requirement, RBAC roles, rate limit and fault.
-func edgeRoute(r *routes.Route, clusters clusterSet) *routev3.Route {
+// per-route jwt_authn requirement, RBAC roles, rate limit, fault and
+// (with Options.ResilienceFields) body limit.
+func (in *input) edgeRoute(r *routes.Route, clusters clusterSet) *routev3.Route {
 	er := &routev3.Route{Name: r.Name, Match: match(r.Match), Metadata: routeMetadata(r)}
 	if d := r.DirectResponse; d != nil {
 		dr := &routev3.DirectResponseAction{Status: uint32(d.Status)}
@@ -146,7 +192,7 @@ func edgeRoute(r *routes.Route, clusters clusterSet) *routev3.Route {
 		}
 		er.Action = &routev3.Route_DirectResponse{DirectResponse: dr}
 	} else {
-		er.Action = &routev3.Route_Route{Route: forward(r, clusters)}
+		er.Action = &routev3.Route_Route{Route: in.forward(r, clusters)}
 	}
 	public := r.Auth != nil && r.Auth.Public
 	pf := map[string]*anypb.Any{resource.FilterJWTAuthn: jwtPerRoute(public)}
@@ -158,6 +204,9 @@ func edgeRoute(r *routes.Route, clusters clusterSet) *routev3.Route {
 	}
 	if r.Fault != nil {
 		pf[resource.FilterFault] = resource.MustAny(httpFault(r.Fault))
+	}
+	if in.opts.ResilienceFields {
+		pf[FilterBuffer] = resource.MustAny(bufferPerRoute(r))
 	}
 	er.TypedPerFilterConfig = pf
 	return er

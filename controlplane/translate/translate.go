@@ -75,6 +75,16 @@ type Options struct {
 	// EdgeLocalAddress is the endpoint of the edge_local cluster (routes
 	// with target service "edge"), host:port; default 127.0.0.1:8080.
 	EdgeLocalAddress string
+	// ResilienceFields emits the resilience fields: on every retry policy
+	// the previous_hosts retry host predicate with
+	// host_selection_retry_max_attempts, on every EDS cluster
+	// common_lb_config.healthy_panic_threshold, and on the edge the buffer
+	// filter (envoy.filters.http.buffer, before the router) with each
+	// route's max_body_bytes as BufferPerRoute. Off by default: a data
+	// plane that does not honour these fields NACKs the whole resource
+	// (the Go data plane's allow-list, internal/dataplane/fields.go), so
+	// the control plane turns it on only for data planes that do.
+	ResilienceFields bool
 }
 
 // Defaults used when the route table or node metadata leaves a value out.
@@ -95,6 +105,19 @@ const (
 	DefaultODInterval      = 10 * time.Second
 	DefaultBaseEjection    = 30 * time.Second
 	DefaultMaxEjectionPct  = 10
+	// DefaultMaxBodyBytes is the request body limit of a route without
+	// max_body_bytes (and the buffer filter's own limit): 10 MiB, the
+	// edge's -max-body default, above the pets service's 8 MiB batches.
+	DefaultMaxBodyBytes = 10 << 20
+	// DefaultPanicThreshold is Envoy's default healthy panic threshold,
+	// in percent.
+	DefaultPanicThreshold = 50.0
+	// HostSelectionRetryMaxAttempts is how many times a retry re-picks a
+	// host the previous_hosts predicate rejects before it settles for a
+	// previously tried one (Envoy's default is 1, which with two or
+	// three endpoints often lands on the failed host again; 3 is the
+	// value Envoy's retry documentation uses).
+	HostSelectionRetryMaxAttempts = 3
 	// outboundCatchAllRetries is the retry count of the catch-all route of
 	// each service on a sidecar's egress listener (connect-failure, reset).
 	outboundCatchAllRetries = 2
@@ -275,7 +298,11 @@ func (in *input) serviceClusters(names []string, proxyless bool) ([]*clusterv3.C
 	var es []*endpointv3.ClusterLoadAssignment
 	for _, name := range names {
 		svc, version := resource.ParseCluster(name)
-		cs = append(cs, edsCluster(name, svc, version, in.policy(svc), proxyless))
+		c := edsCluster(name, svc, version, in.policy(svc), proxyless)
+		if in.opts.ResilienceFields {
+			c.CommonLbConfig = commonLbConfig(in.policy(svc))
+		}
+		cs = append(cs, c)
 		es = append(es, loadAssignment(name, in.instances[svc], version))
 	}
 	return cs, es

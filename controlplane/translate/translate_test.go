@@ -140,6 +140,8 @@ func TestGolden(t *testing.T) {
 	twoProviders.JWTProviders = append(twoProviders.JWTProviders, JWTProvider{
 		Name: "partner", Issuer: "partner-idp", LocalJWKS: `{"keys":[]}`,
 	})
+	resilience := testOpts
+	resilience.ResilienceFields = true
 	tests := []struct {
 		desc      string
 		table     string
@@ -161,6 +163,10 @@ func TestGolden(t *testing.T) {
 		{desc: "policies-sidecar", table: "file:../routes/testdata/valid/full.yaml", node: sidecarNode("pets")},
 		{desc: "unhealthy-endpoints-edge", table: canary, instances: unhealthy, node: edgeNode()},
 		{desc: "unhealthy-endpoints-proxyless", table: canary, instances: unhealthy, node: grpcNode()},
+		{desc: "resilience-edge", table: "file:../routes/testdata/valid/full.yaml", node: edgeNode(), opts: &resilience},
+		{desc: "resilience-sidecar", table: "file:../routes/testdata/valid/full.yaml", node: sidecarNode("pets"), opts: &resilience},
+		{desc: "resilience-default-edge", table: "file:../routes/testdata/default.yaml", node: edgeNode(), opts: &resilience},
+		{desc: "resilience-proxyless", table: canary, node: grpcNode(), opts: &resilience},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
@@ -223,11 +229,15 @@ func render(t *testing.T, r *Resources) []byte {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// json.Number keeps large integers (max_request_bytes) out of
+		// float notation.
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
 		var v any
-		if err := json.Unmarshal(b, &v); err != nil {
+		if err := dec.Decode(&v); err != nil {
 			t.Fatal(err)
 		}
-		return v
+		return numbers(v)
 	}
 	for _, x := range r.Listeners {
 		doc.Listeners = append(doc.Listeners, conv(x))
@@ -248,6 +258,28 @@ func render(t *testing.T, r *Resources) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// numbers turns json.Numbers into int64 (integers) or float64, so YAML
+// renders 10485760 rather than 1.048576e+07.
+func numbers(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = numbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = numbers(e)
+		}
+	case json.Number:
+		if n, err := x.Int64(); err == nil {
+			return n
+		}
+		f, _ := x.Float64()
+		return f
+	}
+	return v
 }
 
 func golden(t *testing.T, path string, got []byte) {
