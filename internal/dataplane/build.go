@@ -11,6 +11,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	lrlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
@@ -167,6 +168,7 @@ const (
 	filterRateLimit
 	filterJwt
 	filterRBAC
+	filterBuffer
 )
 
 type httpFilter struct {
@@ -181,6 +183,8 @@ type httpFilter struct {
 	// local_ratelimit: the listener-level limiter, shared by every route
 	// without a per-route config (one set of buckets per filter, as Envoy).
 	limiter *rateLimiter
+	// buffer: the listener-level max_request_bytes.
+	maxBody int64
 }
 
 // listenerCtx carries what compiling a listener's routes needs.
@@ -289,6 +293,8 @@ func (d *DataPlane) compileFilter(hf *hcmv3.HttpFilter, path string) (*httpFilte
 		f.kind, msg = filterJwt, &jwtv3.JwtAuthentication{}
 	case typeRBAC:
 		f.kind, msg = filterRBAC, &rbacv3.RBAC{}
+	case typeBuffer:
+		f.kind, msg = filterBuffer, &bufferv3.Buffer{}
 	default:
 		return nil, fmt.Errorf("%s.typed_config: unsupported http filter %s", path, tc.GetTypeUrl())
 	}
@@ -299,6 +305,13 @@ func (d *DataPlane) compileFilter(hf *hcmv3.HttpFilter, path string) (*httpFilte
 		return nil, err
 	}
 	f.cfg = msg
+	if f.kind == filterBuffer {
+		n, err := maxRequestBytes(msg.(*bufferv3.Buffer))
+		if err != nil {
+			return nil, fmt.Errorf("%s.typed_config.%w", path, err)
+		}
+		f.maxBody = n
+	}
 	if f.kind == filterRBAC {
 		roles, err := rbacRoles(msg.(*rbacv3.RBAC))
 		if err != nil {
@@ -452,7 +465,8 @@ func (lc *listenerCtx) compileRoute(vh *route.VirtualHost, r *route.Route, vi, r
 	if name == "" {
 		name = fmt.Sprintf("%s/%d", vh.GetName(), ri)
 	}
-	rt := &routeRT{name: name, match: pm, headers: hs, timeout: routeTimeout{d: int64(15 * time.Second)}}
+	rt := &routeRT{name: name, match: pm, headers: hs, timeout: routeTimeout{d: int64(15 * time.Second)},
+		stats: lc.d.metrics.rc(lc.name, name, "")}
 	opts := &lc.d.opts
 	var terminal http.Handler
 	switch a := r.GetAction().(type) {
@@ -609,6 +623,25 @@ func (lc *listenerCtx) compileRoute(vh *route.VirtualHost, r *route.Route, vi, r
 				return nil, fmt.Errorf("metadata.filter_metadata[%q].roles: the route requires roles but has no jwt_authn requirement (typed_per_filter_config[%q])", MetadataNamespace, f.name)
 			}
 			h = af
+		case filterBuffer:
+			n := f.maxBody
+			if over != nil {
+				var pr bufferv3.BufferPerRoute
+				if err := unpack(over, &pr, opath); err != nil {
+					return nil, err
+				}
+				if pr.GetDisabled() {
+					continue // as Envoy: the filter is off on this route
+				}
+				if pr.GetBuffer() == nil {
+					return nil, fmt.Errorf("%s: disabled or buffer is required", opath)
+				}
+				var err error
+				if n, err = maxRequestBytes(pr.GetBuffer()); err != nil {
+					return nil, fmt.Errorf("%s.buffer.%w", opath, err)
+				}
+			}
+			h = &bufferFilter{next: h, max: n}
 		case filterRBAC:
 			roles := f.roles
 			if over != nil {
@@ -655,6 +688,15 @@ func unpack(a *anypb.Any, m proto.Message, path string) error {
 		return fmt.Errorf("%s: want %s: %w", path, m.ProtoReflect().Descriptor().FullName(), err)
 	}
 	return checkFields(m.ProtoReflect(), path)
+}
+
+// maxRequestBytes reads the buffer filter's required max_request_bytes.
+func maxRequestBytes(b *bufferv3.Buffer) (int64, error) {
+	v := b.GetMaxRequestBytes()
+	if v == nil || v.GetValue() == 0 {
+		return 0, errors.New("max_request_bytes: required and positive")
+	}
+	return int64(v.GetValue()), nil
 }
 
 func compileFault(next http.Handler, cfg *faultv3.HTTPFault, rnd func(uint64) uint64) (http.Handler, error) {

@@ -662,11 +662,12 @@ const (
 	outcomeOK outcome = iota
 	outcome5xx
 	outcomeGateway // 502/503/504, connect failures, resets, timeouts
+	outcomeNone    // not the endpoint's doing (the client's body failed)
 )
 
 func (c *clusterRT) report(ep *endpointRT, o outcome) {
 	od := c.outlier
-	if od == nil {
+	if od == nil || o == outcomeNone {
 		return
 	}
 	switch o {

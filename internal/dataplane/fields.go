@@ -29,11 +29,13 @@ var allowed = map[protoreflect.FullName]map[string]bool{
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": set("name", "typed_config"),
 
 	// HTTP filters.
-	"envoy.extensions.filters.http.router.v3.Router":      set(),
-	"envoy.extensions.filters.http.fault.v3.HTTPFault":    set("delay", "abort"),
-	"envoy.extensions.filters.common.fault.v3.FaultDelay": set("fixed_delay", "percentage"),
-	"envoy.extensions.filters.http.fault.v3.FaultAbort":   set("http_status", "percentage"),
-	"envoy.type.v3.FractionalPercent":                     set("numerator", "denominator"),
+	"envoy.extensions.filters.http.router.v3.Router":         set(),
+	"envoy.extensions.filters.http.buffer.v3.Buffer":         set("max_request_bytes"),
+	"envoy.extensions.filters.http.buffer.v3.BufferPerRoute": set("disabled", "buffer"),
+	"envoy.extensions.filters.http.fault.v3.HTTPFault":       set("delay", "abort"),
+	"envoy.extensions.filters.common.fault.v3.FaultDelay":    set("fixed_delay", "percentage"),
+	"envoy.extensions.filters.http.fault.v3.FaultAbort":      set("http_status", "percentage"),
+	"envoy.type.v3.FractionalPercent":                        set("numerator", "denominator"),
 	"envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": set("stat_prefix", "token_bucket", "filter_enabled", "filter_enforced",
 		"descriptors", "rate_limits", "always_consume_default_token_bucket", "enable_x_ratelimit_headers", "enable_retry_after_header",
 		"max_dynamic_descriptors"),

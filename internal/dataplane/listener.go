@@ -51,6 +51,9 @@ type reqState struct {
 	id identity.Identity
 	// capture records a cacheable upstream response (nil otherwise).
 	capture *capture
+	// body wraps the request body (nil without one): its read errors are
+	// the client's fault, and the buffer filter's limit applies to it.
+	body *clientBody
 }
 
 type stateKey struct{}
@@ -152,6 +155,10 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &reqState{Context: r.Context()}
 	st.rw = respWriter{ResponseWriter: w, st: st}
 	st.entry.RequestID = id
+	if r.Body != nil && r.Body != http.NoBody {
+		st.body = newClientBody(r.Body)
+		r.Body = st.body
+	}
 	var span trace.Span
 	if l.tr != nil {
 		st.Context, span = l.tr.startServer(st.Context, r, l.spanNames.name(r.Method, l.name))
@@ -162,7 +169,7 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.stats = l.notFound
 		httpx.WriteError(&st.rw, &httpx.Error{Status: http.StatusNotFound, Code: httpx.CodeNotFound, Message: "no route matches " + r.Method + " " + r.URL.Path})
 	} else {
-		st.entry.Route = rt.name
+		st.entry.Route, st.stats = rt.name, rt.stats
 		if rt.timeout.d > 0 {
 			st.Context, cancel = context.WithTimeout(st.Context, time.Duration(rt.timeout.d))
 		}

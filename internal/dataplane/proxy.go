@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -313,6 +314,13 @@ func (a *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		ep.active.Add(1)
 		resp, err := cl.transport.RoundTrip(areq)
 		ep.active.Add(-1)
+		if err == nil && st != nil && st.body.failed() {
+			// The upstream answered a request whose body broke on the way
+			// (it saw it cut off): the answer is the client's error, not
+			// the upstream's response.
+			resp.Body.Close()
+			resp, err = nil, st.body.err
+		}
 		if span != nil {
 			endClient(span, resp, err)
 		}
@@ -322,6 +330,10 @@ func (a *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 
 		o := outcomeOK
 		switch {
+		case err != nil && st != nil && st.body.failed():
+			// The client's body failed (gone, malformed, over the limit):
+			// not the endpoint's fault, and not worth a retry.
+			o, retries = outcomeNone, 0
 		case err != nil:
 			if req.Context().Err() == nil { // not the client's or the route's doing
 				o = outcomeGateway
@@ -467,6 +479,13 @@ func writeUpstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	e := errorStatus(r, err)
 	if st := stateOf(w); st != nil {
 		st.upstreamErr = err
+		if st.body.failed() && !errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+			// The upstream failed because the client's body did: answer
+			// as the client's fault (400, 413, 499), never 502.
+			e = clientBodyError(st.body.err)
+			st.upstreamErr = fmt.Errorf("client body: %w", st.body.err)
+			w.Header().Set("Connection", "close") // the rest of the body is not drained
+		}
 	}
 	if errors.Is(err, errOverloaded) {
 		w.Header().Set(HeaderOverloaded, "true")

@@ -36,6 +36,9 @@ type routeRT struct {
 	headers []headerMatcher
 	handler http.Handler
 	timeout routeTimeout
+	// stats count what a filter answers before a cluster is chosen (401,
+	// 403, 413, 429: cluster label empty); the router replaces them.
+	stats *rcStats
 }
 
 type routeTimeout struct {
