@@ -160,6 +160,11 @@ func (d *DataPlane) build(res *Resources, prev *graph) (g *graph, err error) {
 	return g, nil
 }
 
+// defaultRouteTimeout is Envoy's RouteAction.timeout when the field is
+// absent: no request waits forever on a silent upstream. An explicit 0
+// disables the route timeout. A variable only so that a test can shorten it.
+var defaultRouteTimeout = 15 * time.Second
+
 type filterKind int
 
 const (
@@ -465,7 +470,7 @@ func (lc *listenerCtx) compileRoute(vh *route.VirtualHost, r *route.Route, vi, r
 	if name == "" {
 		name = fmt.Sprintf("%s/%d", vh.GetName(), ri)
 	}
-	rt := &routeRT{name: name, match: pm, headers: hs, timeout: routeTimeout{d: int64(15 * time.Second)},
+	rt := &routeRT{name: name, match: pm, headers: hs, timeout: routeTimeout{d: int64(defaultRouteTimeout)},
 		stats: lc.d.metrics.rc(lc.name, name, "")}
 	opts := &lc.d.opts
 	var terminal http.Handler
