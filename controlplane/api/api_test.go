@@ -338,7 +338,7 @@ func canaryTable(t *testing.T) *routes.Table {
 	return tb
 }
 
-// invalidYAML parses but breaks five rules in five places.
+// invalidYAML parses but breaks seven rules in seven places.
 const invalidYAML = `
 routes:
   - name: pets
@@ -351,8 +351,9 @@ routes:
     match: {regex: "(unclosed"}
     targets: [{service: pets}]
     timeout: -1s
+    max_body_bytes: -1
 services:
-  pets: {lb: maglev}
+  pets: {lb: maglev, panic_threshold: 150}
 `
 
 var invalidPaths = []string{
@@ -360,7 +361,9 @@ var invalidPaths = []string{
 	"routes[1].name",
 	"routes[2].match.regex",
 	"routes[2].timeout",
+	"routes[2].max_body_bytes",
 	"services.pets.lb",
+	"services.pets.panic_threshold",
 }
 
 func TestAPIStatusCodesAndRoles(t *testing.T) {
