@@ -70,6 +70,9 @@ type HandlerOptions struct {
 	// 0 disables the cache on such stores. Unused on SQLite, which
 	// reports every commit.
 	ListCacheTTL time.Duration
+	// RetryAfter is the Retry-After of the 503 answered while the
+	// database is read-only, full or unreachable; DefaultRetryAfter when 0.
+	RetryAfter time.Duration
 }
 
 // DefaultListCacheBytes and DefaultListCacheTTL are the binary's defaults.
@@ -94,6 +97,8 @@ type api struct {
 	// cache and versions are nil when the list cache is off.
 	cache    *listCache
 	versions versioner
+	// db maps unavailable-database errors to 503 and logs transitions.
+	db *dbState
 }
 
 // NewHandler returns the public API with the standard middleware
@@ -107,6 +112,11 @@ func NewHandler(st store.Store, tel *telemetry.Telemetry, opts HandlerOptions) (
 	if a.healthTimeout <= 0 {
 		a.healthTimeout = 2 * time.Second
 	}
+	retryAfter := opts.RetryAfter
+	if retryAfter <= 0 {
+		retryAfter = DefaultRetryAfter
+	}
+	a.db = newDBState(tel.Logger, retryAfter)
 	a.upserted = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "petmesh_pets_upserted_total",
 		Help: "Pets written by batch upserts, by result (inserted, updated, unchanged).",
@@ -307,8 +317,9 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, store.ErrBadCursor):
 		return httpx.BadRequest("cursor", "not a cursor issued by this service for sort %s", q.Sort)
 	case err != nil:
-		return fmt.Errorf("list pets: %w", err)
+		return a.db.check(r.Context(), w, err, "list pets")
 	}
+	a.db.ok(r.Context(), false)
 	buf = append(buf, `],"next_cursor":"`...)
 	buf = append(buf, next...) // base64url: nothing to escape
 	buf = append(buf, "\"}\n"...)
@@ -342,8 +353,9 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, store.ErrNotFound):
 		return httpx.NotFound("pet %q not found", id)
 	case err != nil:
-		return fmt.Errorf("get pet: %w", err)
+		return a.db.check(r.Context(), w, err, "get pet")
 	}
+	a.db.ok(r.Context(), false)
 	writeRawJSON(w, http.StatusOK, append(doc, '\n'))
 	return nil
 }
@@ -358,8 +370,9 @@ func (a *api) delete(w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, store.ErrNotFound):
 		return httpx.NotFound("pet %q not found", id)
 	case err != nil:
-		return fmt.Errorf("delete pet: %w", err)
+		return a.db.check(r.Context(), w, err, "delete pet")
 	}
+	a.db.ok(r.Context(), true)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -374,8 +387,9 @@ func (a *api) batchUpsert(w http.ResponseWriter, r *http.Request) error {
 	}
 	res, err := a.store.Upsert(r.Context(), pets)
 	if err != nil {
-		return fmt.Errorf("upsert pets: %w", err)
+		return a.db.check(r.Context(), w, err, "upsert pets")
 	}
+	a.db.ok(r.Context(), true)
 	a.upserted.WithLabelValues("inserted").Add(float64(res.Inserted))
 	a.upserted.WithLabelValues("updated").Add(float64(res.Updated))
 	a.upserted.WithLabelValues("unchanged").Add(float64(res.Unchanged))

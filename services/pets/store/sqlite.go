@@ -88,7 +88,10 @@ func OpenSQLite(ctx context.Context, dsn string, opts Options) (*SQLStore, error
 		_ = db.Close()
 		return nil, fmt.Errorf("migrate sqlite %s: %w", path, err)
 	}
-	if err := tuneStats(ctx, db); err != nil {
+	// A read-only database (the process restarted while its file was
+	// made read-only) still serves reads: the statistics wait for a
+	// start on a writable one.
+	if err := tuneStats(ctx, db); err != nil && classify(err) == nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("optimize sqlite %s: %w", path, err)
 	}

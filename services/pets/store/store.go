@@ -251,6 +251,7 @@ func (s *SQLStore) GetJSON(ctx context.Context, id string) (doc json.RawMessage,
 	}
 	ctx, done := s.observe(ctx, "get", "SELECT")
 	defer func() { done(err) }()
+	defer func() { err = s.unavailable(err) }()
 	st, err := s.stmt(ctx, `SELECT doc FROM pets WHERE id = ?`)
 	if err != nil {
 		return nil, err
@@ -271,6 +272,7 @@ func (s *SQLStore) Delete(ctx context.Context, id string) (err error) {
 	}
 	ctx, done := s.observe(ctx, "delete", "DELETE")
 	defer func() { done(err) }()
+	defer func() { err = s.unavailable(err) }()
 	defer s.wrote()
 	res, err := s.db.ExecContext(ctx, s.rebind(`DELETE FROM pets WHERE id = ?`), id)
 	if err != nil {
@@ -290,6 +292,7 @@ func (s *SQLStore) Delete(ctx context.Context, id string) (err error) {
 func (s *SQLStore) Count(ctx context.Context) (n int64, err error) {
 	ctx, done := s.observe(ctx, "count", "SELECT")
 	defer func() { done(err) }()
+	defer func() { err = s.unavailable(err) }()
 	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM pets`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count pets: %w", err)
 	}
@@ -300,6 +303,7 @@ func (s *SQLStore) Count(ctx context.Context) (n int64, err error) {
 func (s *SQLStore) Ping(ctx context.Context) (err error) {
 	ctx, done := s.observe(ctx, "ping", "SELECT")
 	defer func() { done(err) }()
+	defer func() { err = s.unavailable(err) }()
 	var one int
 	if err := s.db.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
 		return fmt.Errorf("ping database: %w", err)
@@ -384,6 +388,7 @@ func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResul
 	}
 	ctx, done := s.observe(ctx, "upsert", "INSERT")
 	defer func() { done(err) }()
+	defer func() { err = s.unavailable(err) }()
 	defer s.wrote()
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	rows := make([]upsertRow, len(pets))
@@ -530,6 +535,7 @@ func (s *SQLStore) AppendListJSON(ctx context.Context, dst []byte, q ListQuery) 
 
 	ctx, done := s.observe(ctx, "list", "SELECT")
 	defer func() { done(err) }()
+	defer func() { err = s.unavailable(err) }()
 	st, err := s.stmt(ctx, b.String())
 	if err != nil {
 		return dst, "", err
