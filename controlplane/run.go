@@ -18,6 +18,8 @@ import (
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 
 	"github.com/petmesh/petmesh/controlplane/api"
 	"github.com/petmesh/petmesh/controlplane/registry"
@@ -34,6 +36,9 @@ import (
 // Config is the control plane's configuration.
 type Config struct {
 	XDSAddr               string
+	XDSTokenFile          string
+	XDSTLSCertFile        string
+	XDSTLSKeyFile         string
 	APIAddr               string
 	Registry              string
 	ConsulAddr            string
@@ -64,6 +69,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	var c Config
 	f := config.New("controlplane", getenv, out)
 	f.String(&c.XDSAddr, "xds-addr", "CONTROLPLANE_XDS_ADDR", ":18000", "xDS (ADS gRPC) listen address")
+	f.String(&c.XDSTokenFile, "xds-token-file", "CONTROLPLANE_XDS_TOKEN_FILE", "", "file of accepted xDS tokens, one per line ('#' comments), each at least 16 characters; when set every ADS stream needs authorization: Bearer <token> (re-read when it changes); empty: xDS is unauthenticated (a warning is logged)")
+	f.String(&c.XDSTLSCertFile, "xds-tls-cert-file", "CONTROLPLANE_XDS_TLS_CERT_FILE", "", "PEM certificate (chain) of the xDS listener; with -xds-tls-key-file serves xDS over TLS (re-read when it changes)")
+	f.String(&c.XDSTLSKeyFile, "xds-tls-key-file", "CONTROLPLANE_XDS_TLS_KEY_FILE", "", "PEM private key of -xds-tls-cert-file")
 	f.String(&c.APIAddr, "api-addr", "CONTROLPLANE_API_ADDR", "127.0.0.1:18080", "REST API listen address (also /metrics, /healthz, /readyz, /openapi.json, /v1/registry/...)")
 	f.String(&c.Registry, "registry", "CONTROLPLANE_REGISTRY", "builtin", "service registry: builtin or consul")
 	f.String(&c.ConsulAddr, "consul-addr", "CONTROLPLANE_CONSUL_ADDR", "127.0.0.1:8500", "Consul agent HTTP address (for -registry consul and -store consul)")
@@ -109,6 +117,9 @@ func (c Config) Validate() error {
 	}
 	if c.APIAddr == "" {
 		errs = append(errs, errors.New("-api-addr: required"))
+	}
+	if (c.XDSTLSCertFile == "") != (c.XDSTLSKeyFile == "") {
+		errs = append(errs, errors.New("-xds-tls-cert-file and -xds-tls-key-file: set both or neither"))
 	}
 	switch c.Registry {
 	case "builtin", "consul":
@@ -331,10 +342,16 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		_ = apiSrv.HTTPServer().Close()
 		return fmt.Errorf("-xds-addr: %w", err)
 	}
+	grpcOpts, err := xdsServerOptions(cfg, log, tel.Registry)
+	if err != nil {
+		_ = apiSrv.HTTPServer().Close()
+		_ = xln.Close()
+		return err
+	}
 	spawn("xds", xs.Run)
-	spawn("xds-grpc", func(ctx context.Context) error { return xs.Serve(ctx, xln) })
+	spawn("xds-grpc", func(ctx context.Context) error { return xs.Serve(ctx, xln, grpcOpts...) })
 	spawn("api", apiSrv.Run)
-	log.Info("listening", "name", "xds", "addr", xln.Addr().String())
+	log.Info("listening", "name", "xds", "addr", xln.Addr().String(), "auth", cfg.XDSTokenFile != "", "tls", cfg.XDSTLSCertFile != "")
 	apiSrv.Announce("api")
 	ready.SetReady(true)
 
@@ -346,6 +363,33 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	errMu.Lock()
 	defer errMu.Unlock()
 	return errors.Join(runErrs...)
+}
+
+// xdsServerOptions are the xDS listener's authentication and TLS options.
+// Without -xds-token-file xDS stays open, as before (make run), with a
+// loud warning: anyone who reaches the port reads every route, endpoint
+// and JWT provider.
+func xdsServerOptions(cfg Config, log *slog.Logger, reg prometheus.Registerer) ([]grpc.ServerOption, error) {
+	var opts []grpc.ServerOption
+	if cfg.XDSTokenFile != "" {
+		auth, err := xds.NewTokenAuth(xds.TokenAuthOptions{File: cfg.XDSTokenFile, Logger: log, Registerer: reg})
+		if err != nil {
+			return nil, fmt.Errorf("-xds-token-file: %w", err)
+		}
+		opts = append(opts, auth.ServerOptions()...)
+	} else {
+		log.Warn("XDS UNAUTHENTICATED (no -xds-token-file): any client that reaches the xDS port gets every route, endpoint and JWT provider; set -xds-token-file outside development")
+	}
+	if cfg.XDSTLSCertFile != "" {
+		o, err := xds.ServerTLS(cfg.XDSTLSCertFile, cfg.XDSTLSKeyFile, log)
+		if err != nil {
+			return nil, fmt.Errorf("-xds-tls-cert-file: %w", err)
+		}
+		opts = append(opts, o)
+	} else if cfg.XDSTokenFile != "" {
+		log.Warn("xds tokens travel in plaintext (no -xds-tls-cert-file): keep the xDS port on a trusted network")
+	}
+	return opts, nil
 }
 
 // seed stores the initial table as version 1 when the store is empty.

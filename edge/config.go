@@ -24,6 +24,11 @@ type Config struct {
 	AdminAddr           string
 	TLSCert, TLSKey     string
 	XDSAddr             string
+	XDSTokenFile        string
+	XDSCAFile           string
+	XDSServerName       string
+	XDSTLS              bool
+	XDSDelta            bool
 	NodeID              string
 	Bootstrap           string
 	UsersFile           string
@@ -84,6 +89,10 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.String(&c.TLSCert, "tls-cert", "EDGE_TLS_CERT", "", "PEM certificate file; with -tls-key the public listener serves HTTPS and HTTP/2")
 	f.String(&c.TLSKey, "tls-key", "EDGE_TLS_KEY", "", "PEM private key file of -tls-cert")
 	f.String(&c.XDSAddr, "xds-addr", "EDGE_XDS_ADDR", "127.0.0.1:18000", "control plane ADS address (host:port); empty: only -bootstrap")
+	f.String(&c.XDSTokenFile, "xds-token-file", "EDGE_XDS_TOKEN_FILE", "", "file holding the xDS token (one of the control plane's -xds-token-file), sent as authorization: Bearer on the ADS stream; re-read when it changes")
+	f.String(&c.XDSCAFile, "xds-ca-file", "EDGE_XDS_CA_FILE", "", "PEM CA certificate(s) verifying the control plane's xDS TLS certificate; setting it turns TLS on")
+	f.String(&c.XDSServerName, "xds-server-name", "EDGE_XDS_SERVER_NAME", "", "name checked in the control plane's xDS certificate (default: the host of -xds-addr)")
+	f.Bool(&c.XDSTLS, "xds-tls", "EDGE_XDS_TLS", false, "use TLS to the control plane with the system roots (implied by -xds-ca-file)")
 	f.String(&c.NodeID, "node-id", "EDGE_NODE_ID", defaultNodeID(), "xDS node id, edge~<instance>")
 	f.String(&c.Bootstrap, "bootstrap", "EDGE_BOOTSTRAP", "", "Envoy v3 bootstrap file (JSON or YAML) with static resources, served before and merged under the control plane's")
 	f.String(&c.UsersFile, "users-file", "EDGE_USERS_FILE", "", "users file (YAML, or JSON for .json) with bcrypt hashes and roles for POST /auth/token")

@@ -257,12 +257,16 @@ func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry, stderr io
 		Node:       &corev3.Node{Id: cfg.NodeID, Cluster: "edge", Metadata: resource.NodeMeta{ListenPort: port}.Struct()},
 		Apply:      s.apply,
 		Bootstrap:  bootstrap,
+		TokenFile:  cfg.XDSTokenFile,
+		CAFile:     cfg.XDSCAFile,
+		ServerName: cfg.XDSServerName,
+		TLS:        cfg.XDSTLS,
 		Logger:     log,
 		Registerer: tel.Registry,
 	})
 	if err != nil {
 		closeAll()
-		return fmt.Errorf("-xds-addr: %w", err)
+		return fmt.Errorf("xds (-xds-addr, -xds-token-file, -xds-ca-file): %w", err)
 	}
 	admin.HandleFunc("GET /xds", func(w http.ResponseWriter, _ *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, map[string]any{"versions": xc.Versions(), "last_nack": xc.LastNack()})

@@ -36,6 +36,11 @@ type Config struct {
 	OutboundAddr  string
 	AdminAddr     string
 	XDSAddr       string
+	XDSTokenFile  string
+	XDSCAFile     string
+	XDSServerName string
+	XDSTLS        bool
+	XDSDelta      bool
 	Bootstrap     string
 
 	Registry              string
@@ -84,6 +89,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.String(&c.OutboundAddr, "outbound-addr", "SIDECAR_OUTBOUND_ADDR", "127.0.0.1:15002", "outbound (egress) listener through which the app calls other services by name")
 	f.String(&c.AdminAddr, "admin-addr", "SIDECAR_ADMIN_ADDR", "127.0.0.1:15000", "admin listener: /metrics /healthz /readyz /config_dump POST /quitquitquit")
 	f.String(&c.XDSAddr, "xds-addr", "SIDECAR_XDS_ADDR", "127.0.0.1:18000", "control plane xDS (ADS gRPC) address; empty serves only -bootstrap")
+	f.String(&c.XDSTokenFile, "xds-token-file", "SIDECAR_XDS_TOKEN_FILE", "", "file holding the xDS token (one of the control plane's -xds-token-file), sent as authorization: Bearer on the ADS stream; re-read when it changes")
+	f.String(&c.XDSCAFile, "xds-ca-file", "SIDECAR_XDS_CA_FILE", "", "PEM CA certificate(s) verifying the control plane's xDS TLS certificate; setting it turns TLS on")
+	f.String(&c.XDSServerName, "xds-server-name", "SIDECAR_XDS_SERVER_NAME", "", "name checked in the control plane's xDS certificate (default: the host of -xds-addr)")
+	f.Bool(&c.XDSTLS, "xds-tls", "SIDECAR_XDS_TLS", false, "use TLS to the control plane with the system roots (implied by -xds-ca-file)")
 	f.String(&c.Bootstrap, "bootstrap", "SIDECAR_BOOTSTRAP", "", "Envoy v3 bootstrap file (JSON, or YAML for .yaml/.yml) with static listeners and clusters, applied before the control plane answers")
 	f.String(&c.Registry, "registry", "SIDECAR_REGISTRY", RegistryBuiltin, "registry backend: builtin (the control plane's API), consul (the local agent) or none")
 	f.String(&c.RegistryURL, "registry-url", "SIDECAR_REGISTRY_URL", "http://127.0.0.1:18080", "control plane API base URL of the built-in registry")

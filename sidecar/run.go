@@ -186,10 +186,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			}
 			return dp.Apply(ctx, adapted)
 		},
+		TokenFile: cfg.XDSTokenFile, CAFile: cfg.XDSCAFile, ServerName: cfg.XDSServerName, TLS: cfg.XDSTLS,
 		Logger: log, Registerer: tel.Registry,
 	})
 	if err != nil {
-		return fmt.Errorf("-xds-addr: %w", err)
+		return fmt.Errorf("xds (-xds-addr, -xds-token-file, -xds-ca-file): %w", err)
 	}
 	spawn("xds", xc.Run)
 

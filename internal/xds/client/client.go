@@ -33,7 +33,6 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -97,6 +96,17 @@ type Config struct {
 	// connection and merged under every dynamic state (a dynamic resource
 	// with the same name wins). Optional; see LoadBootstrap.
 	Bootstrap *Snapshot
+	// TokenFile holds the bearer token sent on every stream
+	// ("authorization: Bearer <token>"); read again when it changes, so
+	// the next reconnect uses a rotated token. Empty sends none.
+	TokenFile string
+	// CAFile (PEM) verifies the control plane's TLS certificate; setting
+	// it turns TLS on. TLS turns it on with the system roots.
+	CAFile string
+	TLS    bool
+	// ServerName overrides the name checked in the server's certificate
+	// (default: the host of Server).
+	ServerName string
 	// DialOptions are extra gRPC dial options (tests use a bufconn dialer).
 	DialOptions []grpc.DialOption
 	// BackoffMin and BackoffMax bound the reconnect delay (defaults 250ms
@@ -111,14 +121,16 @@ type Config struct {
 // Client is an ADS client. Run drives it; the accessors are safe for
 // concurrent use.
 type Client struct {
-	cfg     Config
-	log     *slog.Logger
-	metrics *metrics
+	cfg      Config
+	security []grpc.DialOption // transport credentials and token
+	log      *slog.Logger
+	metrics  *metrics
 
 	mu       sync.Mutex
 	dynamic  *Snapshot // last accepted dynamic state
 	versions map[string]string
 	lastNack map[string]string
+	connErr  error // why the last stream ended (nil while connected)
 }
 
 // New validates cfg and returns a client; call Run to start it.
@@ -138,12 +150,17 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	sec, err := securityDialOptions(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("xds client: %w", err)
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	return &Client{
 		cfg:      cfg,
+		security: sec,
 		log:      cfg.Logger.With("component", "xds-client"),
 		metrics:  m,
 		dynamic:  emptySnapshot(),
@@ -164,6 +181,15 @@ func (c *Client) LastNack() map[string]string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return maps.Clone(c.lastNack)
+}
+
+// StreamError returns why the last ADS stream ended (for example a
+// codes.Unauthenticated status for a refused token), or nil while a
+// stream is up or before the first one ended.
+func (c *Client) StreamError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connErr
 }
 
 // Current returns the effective state last applied (bootstrap merged with
@@ -200,10 +226,9 @@ func (c *Client) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	}, c.cfg.DialOptions...)
+	opts := slices.Concat(c.security,
+		[]grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})},
+		c.cfg.DialOptions)
 	conn, err := grpc.NewClient(c.cfg.Server, opts...)
 	if err != nil {
 		return fmt.Errorf("xds client: dial %s: %w", c.cfg.Server, err)
@@ -217,6 +242,9 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		c.mu.Lock()
+		c.connErr = err
+		c.mu.Unlock()
 		if received {
 			delay = c.cfg.BackoffMin
 		}
@@ -247,7 +275,11 @@ type typeState struct {
 func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn) (received bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx, grpc.WaitForReady(true))
+	// Fail fast (no WaitForReady): a connection that cannot be made (a
+	// refused port, a TLS handshake with an unknown CA) ends the attempt
+	// with its error, which StreamError shows, and Run retries with
+	// backoff.
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
 	if err != nil {
 		return false, fmt.Errorf("open stream: %w", err)
 	}
@@ -291,6 +323,9 @@ func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn) (received bo
 		}
 		if !received {
 			received = true
+			c.mu.Lock()
+			c.connErr = nil
+			c.mu.Unlock()
 			c.metrics.connected.Set(1)
 			c.log.InfoContext(ctx, "xds stream connected", "server", c.cfg.Server)
 		}

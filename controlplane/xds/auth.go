@@ -1,0 +1,321 @@
+package xds
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// Authentication of the xDS port.
+//
+// The proxies present a static bearer token ("authorization: Bearer <t>"
+// gRPC metadata) taken from a file of accepted tokens. Why not a JWT of the
+// edge's issuer, as the REST API takes: the edge is that issuer and gets
+// its own listeners over xDS, and every sidecar would need the edge up to
+// get a token before it could get its configuration; a token file has no
+// such cycle and is what Envoy's and Istio's bootstrap-secret setups do.
+
+// MinTokenLength is the shortest accepted xDS token.
+const MinTokenLength = 16
+
+// TokenAuthOptions configure NewTokenAuth.
+type TokenAuthOptions struct {
+	// File holds the accepted tokens, one per line; blank lines and lines
+	// starting with '#' are ignored. It is read again when its size or
+	// modification time changes (checked at most once a second, when a
+	// stream opens), so tokens rotate without a restart: add the new
+	// token, roll the proxies, remove the old one. A file that becomes
+	// unreadable or invalid keeps the previous tokens (logged).
+	File string
+	// Logger logs refusals and reloads; default discards.
+	Logger *slog.Logger
+	// Registerer receives petmesh_xds_auth_failures_total; none when nil.
+	Registerer prometheus.Registerer
+	// Now is the clock of the reload check; default time.Now.
+	Now func() time.Time
+}
+
+// TokenAuth checks the bearer token of every xDS stream and unary call
+// against the accepted tokens. It is safe for concurrent use.
+type TokenAuth struct {
+	file     string
+	log      *slog.Logger
+	now      func() time.Time
+	failures *prometheus.CounterVec
+
+	mu        sync.Mutex
+	tokens    [][sha256.Size]byte // digests of the accepted tokens
+	modTime   time.Time
+	size      int64
+	checkedAt time.Time
+}
+
+// NewTokenAuth loads the token file; an unreadable file, a file without a
+// token or a token shorter than MinTokenLength is an error.
+func NewTokenAuth(opts TokenAuthOptions) (*TokenAuth, error) {
+	if opts.File == "" {
+		return nil, errors.New("xds auth: a token file is required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	a := &TokenAuth{
+		file: opts.File, log: opts.Logger, now: opts.Now,
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "petmesh_xds_auth_failures_total",
+			Help: "xDS streams and calls refused for authentication, by reason (missing, invalid).",
+		}, []string{"reason"}),
+	}
+	if err := a.load(); err != nil {
+		return nil, err
+	}
+	a.checkedAt = a.now()
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(a.failures); err != nil {
+			return nil, fmt.Errorf("xds auth: register metrics: %w", err)
+		}
+	}
+	return a, nil
+}
+
+// ParseTokens parses a token file: one token per line, blank lines and
+// '#' comments ignored, each token at least MinTokenLength characters of
+// printable ASCII without spaces.
+func ParseTokens(b []byte) ([]string, error) {
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if len(line) < MinTokenLength {
+			return nil, fmt.Errorf("line %d: token shorter than %d characters", n, MinTokenLength)
+		}
+		for _, r := range line {
+			if r <= ' ' || r > '~' {
+				return nil, fmt.Errorf("line %d: token must be printable ASCII without spaces", n)
+			}
+		}
+		out = append(out, line)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no token")
+	}
+	return out, nil
+}
+
+// load reads the file and replaces the tokens. a.mu must be held, or a
+// not yet shared.
+func (a *TokenAuth) load() error {
+	fi, err := os.Stat(a.file)
+	if err != nil {
+		return fmt.Errorf("xds auth: token file: %w", err)
+	}
+	b, err := os.ReadFile(a.file)
+	if err != nil {
+		return fmt.Errorf("xds auth: token file: %w", err)
+	}
+	toks, err := ParseTokens(b)
+	if err != nil {
+		return fmt.Errorf("xds auth: token file %s: %w", a.file, err)
+	}
+	digests := make([][sha256.Size]byte, len(toks))
+	for i, t := range toks {
+		digests[i] = sha256.Sum256([]byte(t))
+	}
+	a.tokens, a.modTime, a.size = digests, fi.ModTime(), fi.Size()
+	return nil
+}
+
+// current returns the accepted digests, reloading the file when it
+// changed (checked at most once a second).
+func (a *TokenAuth) current() [][sha256.Size]byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	if now.Sub(a.checkedAt) < time.Second {
+		return a.tokens
+	}
+	a.checkedAt = now
+	fi, err := os.Stat(a.file)
+	if err != nil {
+		a.log.Error("xds auth: token file unreadable; keeping the previous tokens", "file", a.file, "error", err)
+		return a.tokens
+	}
+	if fi.ModTime().Equal(a.modTime) && fi.Size() == a.size {
+		return a.tokens
+	}
+	if err := a.load(); err != nil {
+		a.log.Error("xds auth: token file invalid; keeping the previous tokens", "error", err)
+		return a.tokens
+	}
+	a.log.Info("xds auth: token file reloaded", "file", a.file, "tokens", len(a.tokens))
+	return a.tokens
+}
+
+// Authorize checks ctx's incoming metadata: nil when it carries
+// "authorization: Bearer <an accepted token>", else a codes.Unauthenticated
+// error. Every accepted token is compared, in constant time, whatever
+// matches first.
+func (a *TokenAuth) Authorize(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	if len(vals) != 1 {
+		a.failures.WithLabelValues("missing").Inc()
+		return status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
+	}
+	scheme, tok, ok := strings.Cut(vals[0], " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") || tok == "" {
+		a.failures.WithLabelValues("missing").Inc()
+		return status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
+	}
+	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	match := 0
+	for _, want := range a.current() {
+		match |= subtle.ConstantTimeCompare(got[:], want[:])
+	}
+	if match != 1 {
+		a.failures.WithLabelValues("invalid").Inc()
+		return status.Error(codes.Unauthenticated, "petmesh control plane: invalid xds token")
+	}
+	return nil
+}
+
+// StreamInterceptor refuses streams that Authorize rejects.
+func (a *TokenAuth) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if err := a.Authorize(ss.Context()); err != nil {
+			a.log.Warn("xds stream refused", "method", info.FullMethod, "peer", peerAddr(ss.Context()), "error", status.Convert(err).Message())
+			return err
+		}
+		return handler(srv, ss)
+	}
+}
+
+// UnaryInterceptor refuses unary calls that Authorize rejects (ADS has
+// none today; this keeps any later one behind the same check).
+func (a *TokenAuth) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if err := a.Authorize(ctx); err != nil {
+			a.log.Warn("xds call refused", "method", info.FullMethod, "peer", peerAddr(ctx), "error", status.Convert(err).Message())
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// ServerOptions are the gRPC server options that install both
+// interceptors; pass them to Server.Serve.
+func (a *TokenAuth) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainStreamInterceptor(a.StreamInterceptor()),
+		grpc.ChainUnaryInterceptor(a.UnaryInterceptor()),
+	}
+}
+
+// ServerTLS returns the gRPC server option serving TLS (1.2 or later)
+// with the certificate and key files. The pair is read again when either
+// file changes (checked at most once a second, on a handshake), so a
+// renewed certificate needs no restart; a pair that fails to load keeps
+// the previous one.
+func ServerTLS(certFile, keyFile string, log *slog.Logger) (grpc.ServerOption, error) {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	r := &certReloader{certFile: certFile, keyFile: keyFile, log: log}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: r.get,
+		NextProtos:     []string{"h2"},
+	}
+	return grpc.Creds(credentials.NewTLS(cfg)), nil
+}
+
+type certReloader struct {
+	certFile, keyFile string
+	log               *slog.Logger
+
+	mu        sync.Mutex
+	cert      *tls.Certificate
+	stamp     string
+	checkedAt time.Time
+}
+
+func (r *certReloader) fileStamp() (string, error) {
+	var sb strings.Builder
+	for _, f := range []string{r.certFile, r.keyFile} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&sb, "%d/%d;", fi.ModTime().UnixNano(), fi.Size())
+	}
+	return sb.String(), nil
+}
+
+// load reads the pair; r.mu must be held or r not yet shared.
+func (r *certReloader) load() error {
+	stamp, err := r.fileStamp()
+	if err != nil {
+		return fmt.Errorf("xds tls: %w", err)
+	}
+	c, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		return fmt.Errorf("xds tls: %w", err)
+	}
+	r.cert, r.stamp, r.checkedAt = &c, stamp, time.Now()
+	return nil
+}
+
+func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.checkedAt) >= time.Second {
+		r.checkedAt = time.Now()
+		if stamp, err := r.fileStamp(); err == nil && stamp != r.stamp {
+			if err := r.load(); err != nil {
+				r.log.Error("xds tls: certificate reload failed; keeping the previous one", "error", err)
+			} else {
+				r.log.Info("xds tls: certificate reloaded", "cert_file", r.certFile)
+			}
+		}
+	}
+	return r.cert, nil
+}
+
+// peerAddr is the remote address of ctx's gRPC peer, for logs.
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}

@@ -1,0 +1,278 @@
+package xds_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/petmesh/petmesh/controlplane/registry"
+	"github.com/petmesh/petmesh/controlplane/routes"
+	"github.com/petmesh/petmesh/controlplane/store"
+	"github.com/petmesh/petmesh/controlplane/xds"
+	tu "github.com/petmesh/petmesh/internal/testutil"
+)
+
+func TestParseTokens(t *testing.T) {
+	tests := []struct {
+		desc, in string
+		want     []string
+		wantErr  string
+	}{
+		{desc: "tokens, comments and blank lines", in: "# xds\n\n  aaaaaaaaaaaaaaaa  \nbbbbbbbbbbbbbbbbbbbb\n", want: []string{"aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbb"}},
+		{desc: "empty file", in: "\n# nothing\n", wantErr: "no token"},
+		{desc: "short token names its line", in: "aaaaaaaaaaaaaaaa\nshort\n", wantErr: "line 2: token shorter than 16"},
+		{desc: "space inside a token", in: "aaaaaaaa aaaaaaaaaaaa\n", wantErr: "line 1: token must be printable ASCII"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			got, err := xds.ParseTokens([]byte(tc.in))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Fatalf("tokens %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+const (
+	tokA = "token-a-0123456789abcdef"
+	tokB = "token-b-0123456789abcdef"
+)
+
+func TestTokenAuthAuthorize(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte(tokA+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	reg := prometheus.NewRegistry()
+	a, err := xds.NewTokenAuth(xds.TokenAuthOptions{File: file, Registerer: reg, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctxWith := func(vals ...string) context.Context {
+		md := metadata.MD{}
+		for _, v := range vals {
+			md.Append("authorization", v)
+		}
+		return metadata.NewIncomingContext(context.Background(), md)
+	}
+	tests := []struct {
+		desc string
+		ctx  context.Context
+		ok   bool
+	}{
+		{desc: "no metadata", ctx: context.Background()},
+		{desc: "no authorization", ctx: ctxWith()},
+		{desc: "right token", ctx: ctxWith("Bearer " + tokA), ok: true},
+		{desc: "scheme is case-insensitive", ctx: ctxWith("bearer " + tokA), ok: true},
+		{desc: "wrong token", ctx: ctxWith("Bearer " + tokB)},
+		{desc: "token prefix", ctx: ctxWith("Bearer " + tokA[:20])},
+		{desc: "token without scheme", ctx: ctxWith(tokA)},
+		{desc: "basic scheme", ctx: ctxWith("Basic " + tokA)},
+		{desc: "two authorization values", ctx: ctxWith("Bearer "+tokA, "Bearer "+tokA)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			err := a.Authorize(tc.ctx)
+			if tc.ok != (err == nil) {
+				t.Fatalf("Authorize: %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil && status.Code(err) != codes.Unauthenticated {
+				t.Fatalf("code %v, want Unauthenticated", status.Code(err))
+			}
+		})
+	}
+
+	// Rotation: the file gains token B and loses A; read again once the
+	// check interval passed.
+	if err := os.WriteFile(file, []byte("# rotated\n"+tokB+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Authorize(ctxWith("Bearer " + tokB)); err == nil {
+		t.Fatal("the new token was accepted before the reload interval")
+	}
+	now = now.Add(2 * time.Second)
+	if err := a.Authorize(ctxWith("Bearer " + tokB)); err != nil {
+		t.Fatalf("rotated token refused: %v", err)
+	}
+	if err := a.Authorize(ctxWith("Bearer " + tokA)); err == nil {
+		t.Fatal("a removed token is still accepted")
+	}
+	// An invalid file keeps the previous tokens.
+	if err := os.WriteFile(file, []byte("short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Second)
+	if err := a.Authorize(ctxWith("Bearer " + tokB)); err != nil {
+		t.Fatalf("an invalid file dropped the tokens: %v", err)
+	}
+	if got := counterValue(t, reg, "petmesh_xds_auth_failures_total", "invalid"); got < 4 {
+		t.Errorf("auth failures {reason=invalid} = %v, want at least 4", got)
+	}
+}
+
+// counterValue is the value of reg's counter name{reason}.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "reason" && lp.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("%s{reason=%q} not found", name, reason)
+	return 0
+}
+
+// newHarnessServe is newHarness with gRPC server options for Serve.
+func newHarnessServe(t *testing.T, opts ...grpc.ServerOption) *harness {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := store.OpenFile(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(ctx, 0, routes.Default(), "test", "seed"); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.NewMemory(registry.MemoryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := xds.New(xds.Options{Tables: st, Registry: reg, Translate: translateOpts,
+		QuietPeriod: 20 * time.Millisecond, MaxDelay: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = reg.Run(ctx) })
+	wg.Go(func() {
+		if err := srv.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	wg.Go(func() {
+		if err := srv.Serve(ctx, ln, opts...); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		_ = st.Close()
+	})
+	tu.Eventually(t, 5*time.Second, func() error {
+		if !srv.Ready() {
+			return errors.New("not ready")
+		}
+		return nil
+	})
+	return &harness{srv: srv, store: st, reg: reg, addr: ln.Addr().String()}
+}
+
+func TestNewTokenAuthErrors(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("# none\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ desc, file, want string }{
+		{"no file name", "", "token file is required"},
+		{"missing file", filepath.Join(dir, "missing"), "no such file"},
+		{"no token", empty, "no token"},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			if _, err := xds.NewTokenAuth(xds.TokenAuthOptions{File: tc.file}); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestAuthInterceptorOnServe: the real xDS server with the interceptors,
+// a raw ADS stream over a loopback socket: refused without or with a
+// wrong token before any response, answered with the right one.
+func TestAuthInterceptorOnServe(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte(tokA+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, err := xds.NewTokenAuth(xds.TokenAuthOptions{File: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarnessServe(t, a.ServerOptions()...)
+	conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, tc := range []struct {
+		desc, auth string
+		code       codes.Code
+	}{
+		{"no token", "", codes.Unauthenticated},
+		{"wrong token", "Bearer " + tokB, codes.Unauthenticated},
+		{"right token", "Bearer " + tokA, codes.OK},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if tc.auth != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tc.auth)
+			}
+			st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Send(&discovery.DiscoveryRequest{Node: edgeNode("raw"), TypeUrl: resourcev3.ClusterType}); err != nil && tc.code == codes.OK {
+				t.Fatal(err)
+			}
+			resp, err := st.Recv()
+			if status.Code(err) != tc.code {
+				t.Fatalf("Recv: %v, want code %v", err, tc.code)
+			}
+			if tc.code == codes.OK && len(resp.GetResources()) == 0 {
+				t.Fatal("no clusters in the response")
+			}
+		})
+	}
+}
