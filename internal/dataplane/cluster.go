@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -802,6 +803,9 @@ func (c *clusterRT) check(ctx context.Context, ep *endpointRT) {
 	if err == nil {
 		req.Host = c.hc.host // as Envoy: the cluster name unless http_health_check.host is set
 		req.Header.Set("User-Agent", "petmesh-health-check")
+		// The sampled flag off: a parent-based sampler upstream follows it,
+		// so probes never become traces (nor exemplars hiding real ones).
+		req.Header.Set("Traceparent", unsampledTraceparent())
 		resp, err := c.opts.HealthCheckClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
@@ -828,6 +832,12 @@ func (c *clusterRT) check(ctx context.Context, ep *endpointRT) {
 		ep.healthy.Store(false)
 		c.opts.Logger.Warn("endpoint unhealthy", "cluster", c.name, "endpoint", ep.addr)
 	}
+}
+
+// unsampledTraceparent is a fresh W3C trace context with the sampled
+// flag off (as the sidecar's own health probes send).
+func unsampledTraceparent() string {
+	return fmt.Sprintf("00-%016x%016x-%016x-00", rand.Uint64()|1, rand.Uint64(), rand.Uint64()|1)
 }
 
 // parseMeta reads the cluster's petmesh metadata: service and version

@@ -11,6 +11,7 @@ import (
 
 	"github.com/petmesh/petmesh/internal/httpx"
 	"github.com/petmesh/petmesh/internal/identity"
+	"github.com/petmesh/petmesh/internal/telemetry"
 )
 
 // AccessEntry describes one finished request. It never holds credentials.
@@ -164,12 +165,13 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.Context, span = l.tr.startServer(st.Context, r, l.spanNames.name(r.Method, l.name))
 	}
 	rt := l.table.match(r)
+	template := ""
 	var cancel context.CancelFunc
 	if rt == nil {
 		st.stats = l.notFound
 		httpx.WriteError(&st.rw, &httpx.Error{Status: http.StatusNotFound, Code: httpx.CodeNotFound, Message: "no route matches " + r.Method + " " + r.URL.Path})
 	} else {
-		st.entry.Route, st.stats = rt.name, rt.stats
+		st.entry.Route, st.stats, template = rt.name, rt.stats, rt.match.template()
 		if rt.timeout.d > 0 {
 			st.Context, cancel = context.WithTimeout(st.Context, time.Duration(rt.timeout.d))
 		}
@@ -178,21 +180,24 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			cancel()
 		}
 	}
-	l.finish(r, st, start, span)
+	l.finish(r, st, start, span, template)
 }
 
-func (l *listenerRT) finish(r *http.Request, st *reqState, start time.Time, span trace.Span) {
+// finish records the request: server span, metrics (the duration with the
+// sampled trace as its exemplar) and access log. template is the matched
+// route's path template (http.route), empty when no route matched.
+func (l *listenerRT) finish(r *http.Request, st *reqState, start time.Time, span trace.Span, template string) {
 	d := l.now().Sub(start)
 	status := st.rw.status
 	if status == 0 {
 		status = http.StatusOK
 	}
 	if span != nil {
-		endServer(span, st.entry.Route, status)
+		endServer(span, st.entry.Route, template, status)
 	}
 	if s := st.stats; s != nil {
 		s.code(status).Inc()
-		s.dur.Observe(d.Seconds())
+		telemetry.Observe(st, s.dur, d.Seconds())
 	}
 	if l.accessLog == nil {
 		return

@@ -117,6 +117,15 @@ func (m *pathMatcher) matches(path string) bool {
 	}
 }
 
+// template is the path template of the match, the span's http.route: the
+// prefix or exact path as configured, or the regex.
+func (m *pathMatcher) template() string {
+	if m.kind == pathRegex {
+		return m.re.String()
+	}
+	return m.s
+}
+
 func (rt *routeRT) matches(r *http.Request) bool {
 	if !rt.match.matches(r.URL.Path) {
 		return false

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
@@ -82,11 +83,15 @@ func (t *tracing) startServer(ctx context.Context, r *http.Request, name string)
 		if r.TLS != nil {
 			scheme = "https"
 		}
+		host, port := splitHostPort(r.Host)
+		if port > 0 {
+			span.SetAttributes(semconv.ServerPort(port))
+		}
 		span.SetAttributes(
 			semconv.HTTPRequestMethodKey.String(r.Method),
 			semconv.URLPath(r.URL.Path),
 			semconv.URLScheme(scheme),
-			semconv.ServerAddress(r.Host),
+			semconv.ServerAddress(host),
 			semconv.ClientAddress(client),
 			semconv.NetworkProtocolVersion(strconv.Itoa(r.ProtoMajor)+"."+strconv.Itoa(r.ProtoMinor)),
 			semconv.UserAgentOriginal(r.UserAgent()),
@@ -95,12 +100,35 @@ func (t *tracing) startServer(ctx context.Context, r *http.Request, name string)
 	return ctx, span
 }
 
-// endServer records the outcome on the server span and ends it.
-func endServer(span trace.Span, route string, status int) {
+// attrRouteName is the matched route's name (http.route is its path
+// template).
+const attrRouteName = attribute.Key("petmesh.route")
+
+// splitHostPort splits a Host header into server.address and server.port
+// (0 when the header names no port).
+func splitHostPort(hostport string) (string, int) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return hostport, 0
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p <= 0 || p > 65535 {
+		return host, 0
+	}
+	return host, p
+}
+
+// endServer records the outcome on the server span and ends it: the
+// route's path template as http.route (semantic conventions: the template,
+// never the concrete path nor a name) and its name as petmesh.route.
+func endServer(span trace.Span, route, template string, status int) {
 	if span.IsRecording() {
 		span.SetAttributes(semconv.HTTPResponseStatusCode(status))
+		if template != "" {
+			span.SetAttributes(semconv.HTTPRoute(template))
+		}
 		if route != "" {
-			span.SetAttributes(semconv.HTTPRoute(route))
+			span.SetAttributes(attrRouteName.String(route))
 		}
 		if status >= 500 {
 			span.SetStatus(codes.Error, "")
@@ -112,7 +140,7 @@ func endServer(span trace.Span, route string, status int) {
 // startClient starts the client span of one upstream attempt and injects
 // its context into req's headers (req is the proxy's outgoing request).
 func (t *tracing) startClient(req *http.Request, addr string, attempt int) (*http.Request, trace.Span) {
-	ctx, span := t.tracer.Start(req.Context(), "HTTP "+req.Method, trace.WithSpanKind(trace.SpanKindClient))
+	ctx, span := t.tracer.Start(req.Context(), clientSpanName(req.Method), trace.WithSpanKind(trace.SpanKindClient))
 	if span.IsRecording() {
 		host, port, _ := net.SplitHostPort(addr)
 		p, _ := strconv.Atoi(port)
@@ -128,6 +156,18 @@ func (t *tracing) startClient(req *http.Request, addr string, attempt int) (*htt
 	}
 	t.prop.Inject(ctx, propagation.HeaderCarrier(req.Header))
 	return req.WithContext(ctx), span
+}
+
+// clientSpanName is "{method}" as the HTTP client semantic conventions
+// name a span without a URL template; "HTTP" for a method outside the
+// standard set (span names stay bounded).
+func clientSpanName(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return method
+	}
+	return "HTTP"
 }
 
 // endClient records the attempt's outcome; on success the span ends when

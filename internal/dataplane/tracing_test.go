@@ -2,18 +2,28 @@ package dataplane
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	tu "github.com/petmesh/petmesh/internal/testutil"
 )
 
 const testTraceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -43,10 +53,10 @@ func TestTracingSpans(t *testing.T) {
 	var logged trace.SpanContext
 	h := newHarness(t, Options{TracerProvider: tp, Propagator: propagation.TraceContext{},
 		AccessLog: func(ctx context.Context, e *AccessEntry) { entry, logged = *e, trace.SpanContextFromContext(ctx) }},
-		resources(listenerRDS(t, testListener, "r"), routeConfig("r", prefixRoute("pets", "/", "a")),
+		resources(listenerRDS(t, testListener, "r"), routeConfig("r", prefixRoute("pets", "/pets", "a"), prefixRoute("rest", "/", "a")),
 			[]*cluster.Cluster{edsCluster("a")}, loadAssignment(t, "a", be.URL)))
 
-	if st, _, _ := h.do(t, "GET", "/pets", map[string]string{"Traceparent": testTraceparent}, nil); st != 200 {
+	if st, _, _ := h.do(t, "GET", "/pets/7", map[string]string{"Traceparent": testTraceparent}, nil); st != 200 {
 		t.Fatalf("status %d", st)
 	}
 	spans := rec.Ended()
@@ -76,8 +86,21 @@ func TestTracingSpans(t *testing.T) {
 	for _, kv := range server.Attributes() {
 		attrs[string(kv.Key)] = kv.Value.String()
 	}
-	if attrs["http.response.status_code"] != "200" || attrs["http.route"] != "pets" || attrs["http.request.method"] != "GET" {
+	// Semantic conventions: http.route is the route's template, not its
+	// name (kept as petmesh.route) nor the concrete path; server.address
+	// is the host alone, the port separate.
+	_, srvPort, _ := net.SplitHostPort(hostOf(h.srv.URL))
+	if attrs["http.response.status_code"] != "200" || attrs["http.route"] != "/pets" || attrs["petmesh.route"] != "pets" ||
+		attrs["http.request.method"] != "GET" || attrs["server.address"] != "127.0.0.1" || attrs["server.port"] != srvPort {
 		t.Fatalf("server attributes %v", attrs)
+	}
+	cattrs := map[string]string{}
+	for _, kv := range client.Attributes() {
+		cattrs[string(kv.Key)] = kv.Value.String()
+	}
+	_, bePort, _ := net.SplitHostPort(hostOf(be.URL))
+	if client.Name() != "GET" || cattrs["server.address"] != "127.0.0.1" || cattrs["server.port"] != bePort {
+		t.Fatalf("client span %q attributes %v, want name GET and the endpoint's address and port", client.Name(), cattrs)
 	}
 	want := "00-0af7651916cd43dd8448eb211c80319c-" + client.SpanContext().SpanID().String() + "-01"
 	if got := seen(); len(got) != 1 || got[0] != want {
@@ -165,5 +188,93 @@ func TestTracingRetrySpans(t *testing.T) {
 		if !strings.Contains(got[i], s.SpanContext().SpanID().String()) {
 			t.Fatalf("attempt %d sent traceparent %q, span %v", i, got[i], s.SpanContext().SpanID())
 		}
+	}
+}
+
+// scrapeOpenMetrics returns the registry's exposition in OpenMetrics, the
+// format that carries exemplars.
+func scrapeOpenMetrics(t *testing.T, reg *prometheus.Registry) string {
+	t.Helper()
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL, nil)
+	req.Header.Set("Accept", "application/openmetrics-text;version=1.0.0")
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// The request duration histogram carries the sampled request's trace id as
+// its exemplar; an unsampled request leaves none.
+func TestDurationExemplar(t *testing.T) {
+	be, _ := traceBackend(t)
+	tp := sdktrace.NewTracerProvider() // parent-based: follows the caller's sampled flag
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	h := newHarness(t, Options{TracerProvider: tp, Propagator: propagation.TraceContext{}},
+		resources(listenerRDS(t, testListener, "r"), routeConfig("r", prefixRoute("sampled", "/s", "a"), prefixRoute("unsampled", "/u", "a")),
+			[]*cluster.Cluster{edsCluster("a")}, loadAssignment(t, "a", be.URL)))
+	const unsampled = "00-11111111111111111111111111111111-2222222222222222-00"
+	h.do(t, "GET", "/s", map[string]string{"Traceparent": testTraceparent}, nil)
+	h.do(t, "GET", "/u", map[string]string{"Traceparent": unsampled}, nil)
+	exp := scrapeOpenMetrics(t, h.reg)
+	var sampledLines, unsampledLines []string
+	for _, line := range strings.Split(exp, "\n") {
+		if !strings.HasPrefix(line, "petmesh_dataplane_request_duration_seconds_bucket{") || !strings.Contains(line, " # {") {
+			continue
+		}
+		switch {
+		case strings.Contains(line, `route="sampled"`):
+			sampledLines = append(sampledLines, line)
+		case strings.Contains(line, `route="unsampled"`):
+			unsampledLines = append(unsampledLines, line)
+		}
+	}
+	if len(sampledLines) != 1 || !strings.Contains(sampledLines[0], `trace_id="0af7651916cd43dd8448eb211c80319c"`) {
+		t.Fatalf("sampled request: exemplar lines %q, want one with its trace id\n%s", sampledLines, exp)
+	}
+	if len(unsampledLines) != 0 {
+		t.Fatalf("unsampled request left exemplars %q", unsampledLines)
+	}
+}
+
+// Active health checks send a traceparent with the sampled flag off, so a
+// parent-based sampler upstream never makes them traces.
+func TestHealthCheckTraceparentUnsampled(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Header.Get("Traceparent"))
+		mu.Unlock()
+	}))
+	defer be.Close()
+	c := edsCluster("a")
+	c.HealthChecks = []*core.HealthCheck{{Interval: durationpb.New(20 * time.Millisecond), Timeout: durationpb.New(time.Second),
+		HealthChecker: &core.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &core.HealthCheck_HttpHealthCheck{Path: "/healthz"}}}}
+	newHarness(t, Options{}, resources(listenerRDS(t, testListener, "r"), routeConfig("r", prefixRoute("r", "/", "a")),
+		[]*cluster.Cluster{c}, loadAssignment(t, "a", be.URL)))
+	tu.Eventually(t, 5*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) < 2 {
+			return fmt.Errorf("%d health checks so far", len(got))
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	prop := propagation.TraceContext{}
+	for i, tp := range got {
+		sc := trace.SpanContextFromContext(prop.Extract(context.Background(), propagation.MapCarrier{"traceparent": tp}))
+		if !sc.IsValid() || sc.IsSampled() {
+			t.Fatalf("health check %d traceparent %q: valid %v sampled %v, want a valid unsampled context", i, tp, sc.IsValid(), sc.IsSampled())
+		}
+	}
+	if got[0] == got[1] {
+		t.Fatalf("two health checks share the trace context %q", got[0])
 	}
 }
