@@ -146,9 +146,15 @@ func NewPetsClient(cfg PetsConfig) *PetsClient {
 
 var itemField = regexp.MustCompile(`^pets\[(\d+)\]`)
 
+// maxRetryAfter bounds how long a Retry-After makes BatchUpsert wait.
+const maxRetryAfter = time.Minute
+
 // BatchUpsert sends pets in one request, retrying 429, 5xx and network
-// errors with full-jitter backoff. Upserts are idempotent, so a retry
-// after an unanswered request is safe.
+// errors with full-jitter backoff, and waiting at least what a
+// Retry-After asks (pets answers 503 with Retry-After while its database
+// is read-only or full; at most maxRetryAfter). Upserts are idempotent
+// (pets keys them by source and source id), so a retry after an
+// unanswered or refused request creates no duplicate.
 func (c *PetsClient) BatchUpsert(ctx context.Context, pets []PetInput) (UpsertResult, error) {
 	body, err := json.Marshal(map[string]any{"pets": pets})
 	if err != nil {
@@ -156,7 +162,7 @@ func (c *PetsClient) BatchUpsert(ctx context.Context, pets []PetInput) (UpsertRe
 	}
 	var lastErr error
 	for attempt := 1; ; attempt++ {
-		res, retry, err := c.once(ctx, body)
+		res, retry, retryAfter, err := c.once(ctx, body)
 		if err == nil {
 			return res, nil
 		}
@@ -171,18 +177,24 @@ func (c *PetsClient) BatchUpsert(ctx context.Context, pets []PetInput) (UpsertRe
 			return UpsertResult{}, fmt.Errorf("batch upsert: giving up after %d attempts: %w", attempt, lastErr)
 		}
 		ceil := math.Min(float64(c.cfg.BaseBackoff)*math.Pow(2, float64(attempt-1)), float64(c.cfg.MaxBackoff))
-		if err := c.cfg.Clock.Sleep(ctx, time.Duration(c.cfg.Rand()*ceil)); err != nil {
+		wait := time.Duration(c.cfg.Rand() * ceil)
+		if retryAfter > wait {
+			wait = min(retryAfter, maxRetryAfter)
+		}
+		if err := c.cfg.Clock.Sleep(ctx, wait); err != nil {
 			return UpsertResult{}, fmt.Errorf("batch upsert: %w", err)
 		}
 	}
 }
 
-func (c *PetsClient) once(ctx context.Context, body []byte) (UpsertResult, bool, error) {
+// once sends one attempt. It reports whether the error is worth a retry
+// and the answer's Retry-After (0 without one).
+func (c *PetsClient) once(ctx context.Context, body []byte) (UpsertResult, bool, time.Duration, error) {
 	actx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, c.cfg.BaseURL+"/pets:batchUpsert", bytes.NewReader(body))
 	if err != nil {
-		return UpsertResult{}, false, fmt.Errorf("build request: %w", err)
+		return UpsertResult{}, false, 0, fmt.Errorf("build request: %w", err)
 	}
 	if c.cfg.Host != "" {
 		req.Host = c.cfg.Host
@@ -192,25 +204,25 @@ func (c *PetsClient) once(ctx context.Context, body []byte) (UpsertResult, bool,
 	if c.cfg.Tokens != nil {
 		tok, err := c.cfg.Tokens.Token(actx)
 		if err != nil {
-			return UpsertResult{}, true, fmt.Errorf("service token: %w", err)
+			return UpsertResult{}, true, 0, fmt.Errorf("service token: %w", err)
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return UpsertResult{}, true, fmt.Errorf("batch upsert: %w", err)
+		return UpsertResult{}, true, 0, fmt.Errorf("batch upsert: %w", err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return UpsertResult{}, true, fmt.Errorf("batch upsert: read response: %w", err)
+		return UpsertResult{}, true, 0, fmt.Errorf("batch upsert: read response: %w", err)
 	}
 	if resp.StatusCode == http.StatusOK {
 		var res UpsertResult
 		if err := json.Unmarshal(b, &res); err != nil {
-			return UpsertResult{}, false, fmt.Errorf("batch upsert: decode response: %w", err)
+			return UpsertResult{}, false, 0, fmt.Errorf("batch upsert: decode response: %w", err)
 		}
-		return res, false, nil
+		return res, false, 0, nil
 	}
 	var e struct {
 		Error struct{ Code, Message, Field string } `json:"error"`
@@ -219,14 +231,32 @@ func (c *PetsClient) once(ctx context.Context, body []byte) (UpsertResult, bool,
 	err = fmt.Errorf("batch upsert: status %d: %s %s", resp.StatusCode, e.Error.Field, e.Error.Message)
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
-		return UpsertResult{}, true, err
+		return UpsertResult{}, true, parseRetryAfter(resp.Header.Get("Retry-After"), c.cfg.Clock.Now()), err
 	case resp.StatusCode == http.StatusBadRequest:
 		if m := itemField.FindStringSubmatch(e.Error.Field); m != nil {
 			i, _ := strconv.Atoi(m[1])
-			return UpsertResult{}, false, &RejectedError{Index: i, Field: e.Error.Field, Message: e.Error.Message}
+			return UpsertResult{}, false, 0, &RejectedError{Index: i, Field: e.Error.Field, Message: e.Error.Message}
 		}
-		return UpsertResult{}, false, err
+		return UpsertResult{}, false, 0, err
 	default:
-		return UpsertResult{}, false, errors.Join(err)
+		return UpsertResult{}, false, 0, errors.Join(err)
 	}
+}
+
+// parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP
+// date (RFC 9110 10.2.3). Anything else, or a time in the past, is 0.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		if n < 0 {
+			return 0
+		}
+		return time.Duration(min(n, 1<<20)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
 }
