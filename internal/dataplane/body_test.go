@@ -133,6 +133,12 @@ func TestBufferFilterLimits(t *testing.T) {
 					routeConfig("r", perRouteBuffer(t, prefixRoute("x", "/", "a"), &bufferv3.BufferPerRoute{Override: &bufferv3.BufferPerRoute_Disabled{Disabled: true}})),
 					[]*cluster.Cluster{edsCluster("a")}, loadAssignment(t, "a", be.URL)),
 				want: `typed_per_filter_config["envoy.filters.http.buffer"]: no http filter of that name`},
+			{desc: "virtual-host config without the filter on the listener", res: func() *Resources {
+				rc := routeConfig("r", prefixRoute("x", "/", "a"))
+				rc.VirtualHosts[0].TypedPerFilterConfig = map[string]*anypb.Any{"envoy.filters.http.buffer": mustAny(t,
+					&bufferv3.BufferPerRoute{Override: &bufferv3.BufferPerRoute_Disabled{Disabled: true}})}
+				return resources(listenerRDS(t, testListener, "r"), rc, []*cluster.Cluster{edsCluster("a")}, loadAssignment(t, "a", be.URL))
+			}(), want: `(virtual host) typed_per_filter_config["envoy.filters.http.buffer"]: no http filter of that name`},
 		} {
 			t.Run(tc.desc, func(t *testing.T) {
 				dp, err := New(Options{})

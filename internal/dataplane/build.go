@@ -569,6 +569,11 @@ func (lc *listenerCtx) compileRoute(vh *route.VirtualHost, r *route.Route, vi, r
 			return nil, fmt.Errorf("typed_per_filter_config[%q]: no http filter of that name on listener %s", k, lc.name)
 		}
 	}
+	for k := range vh.GetTypedPerFilterConfig() {
+		if !known[k] && lc.name != "" {
+			return nil, fmt.Errorf("(virtual host) typed_per_filter_config[%q]: no http filter of that name on listener %s", k, lc.name)
+		}
+	}
 	for i := len(lc.filters) - 1; i >= 0; i-- {
 		f := lc.filters[i]
 		over, opath := perRoute(f.name)
