@@ -93,6 +93,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.String(&c.XDSCAFile, "xds-ca-file", "EDGE_XDS_CA_FILE", "", "PEM CA certificate(s) verifying the control plane's xDS TLS certificate; setting it turns TLS on")
 	f.String(&c.XDSServerName, "xds-server-name", "EDGE_XDS_SERVER_NAME", "", "name checked in the control plane's xDS certificate (default: the host of -xds-addr)")
 	f.Bool(&c.XDSTLS, "xds-tls", "EDGE_XDS_TLS", false, "use TLS to the control plane with the system roots (implied by -xds-ca-file)")
+	f.Bool(&c.XDSDelta, "xds-delta", "EDGE_XDS_DELTA", true, "incremental (delta) ADS: only changed resources are sent; false uses the state of the world")
 	f.String(&c.NodeID, "node-id", "EDGE_NODE_ID", defaultNodeID(), "xDS node id, edge~<instance>")
 	f.String(&c.Bootstrap, "bootstrap", "EDGE_BOOTSTRAP", "", "Envoy v3 bootstrap file (JSON or YAML) with static resources, served before and merged under the control plane's")
 	f.String(&c.UsersFile, "users-file", "EDGE_USERS_FILE", "", "users file (YAML, or JSON for .json) with bcrypt hashes and roles for POST /auth/token")

@@ -261,6 +261,7 @@ func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry, stderr io
 		CAFile:     cfg.XDSCAFile,
 		ServerName: cfg.XDSServerName,
 		TLS:        cfg.XDSTLS,
+		Delta:      cfg.XDSDelta,
 		Logger:     log,
 		Registerer: tel.Registry,
 	})

@@ -93,6 +93,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.String(&c.XDSCAFile, "xds-ca-file", "SIDECAR_XDS_CA_FILE", "", "PEM CA certificate(s) verifying the control plane's xDS TLS certificate; setting it turns TLS on")
 	f.String(&c.XDSServerName, "xds-server-name", "SIDECAR_XDS_SERVER_NAME", "", "name checked in the control plane's xDS certificate (default: the host of -xds-addr)")
 	f.Bool(&c.XDSTLS, "xds-tls", "SIDECAR_XDS_TLS", false, "use TLS to the control plane with the system roots (implied by -xds-ca-file)")
+	f.Bool(&c.XDSDelta, "xds-delta", "SIDECAR_XDS_DELTA", true, "incremental (delta) ADS: only changed resources are sent; false uses the state of the world")
 	f.String(&c.Bootstrap, "bootstrap", "SIDECAR_BOOTSTRAP", "", "Envoy v3 bootstrap file (JSON, or YAML for .yaml/.yml) with static listeners and clusters, applied before the control plane answers")
 	f.String(&c.Registry, "registry", "SIDECAR_REGISTRY", RegistryBuiltin, "registry backend: builtin (the control plane's API), consul (the local agent) or none")
 	f.String(&c.RegistryURL, "registry-url", "SIDECAR_REGISTRY_URL", "http://127.0.0.1:18080", "control plane API base URL of the built-in registry")

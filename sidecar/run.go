@@ -187,6 +187,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			return dp.Apply(ctx, adapted)
 		},
 		TokenFile: cfg.XDSTokenFile, CAFile: cfg.XDSCAFile, ServerName: cfg.XDSServerName, TLS: cfg.XDSTLS,
+		Delta:  cfg.XDSDelta,
 		Logger: log, Registerer: tel.Registry,
 	})
 	if err != nil {

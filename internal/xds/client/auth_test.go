@@ -78,13 +78,13 @@ func refused(t *testing.T, p *proxy, n float64) {
 // TestTokenAuth: the real control plane with a token file, real clients
 // over a loopback socket, for both ADS variants.
 func TestTokenAuth(t *testing.T) {
-	for _, delta := range []bool{false} {
+	for _, delta := range []bool{false, true} {
 		t.Run(fmt.Sprintf("delta=%v", delta), func(t *testing.T) {
 			cp, _ := startAuthCP(t, "", "")
 			dir := t.TempDir()
 
 			t.Run("no token: Unauthenticated, retried with backoff, nothing applied", func(t *testing.T) {
-				p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("anon")})
+				p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("anon"), Delta: delta})
 				refused(t, p, 3)
 				if n := p.applies(); n != 0 {
 					t.Fatalf("%d snapshots applied without a token", n)
@@ -96,7 +96,7 @@ func TestTokenAuth(t *testing.T) {
 			t.Run("wrong token refused", func(t *testing.T) {
 				f := filepath.Join(dir, "wrong")
 				writeToken(t, f, wrongToken)
-				p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("wrong"), TokenFile: f})
+				p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("wrong"), TokenFile: f, Delta: delta})
 				refused(t, p, 2)
 				if n := p.applies(); n != 0 {
 					t.Fatalf("%d snapshots applied with a wrong token", n)
@@ -108,7 +108,7 @@ func TestTokenAuth(t *testing.T) {
 			t.Run("right token works; a rotated bad token keeps the last good config; fixed, it reconnects", func(t *testing.T) {
 				f := filepath.Join(dir, "good")
 				writeToken(t, f, goodToken)
-				p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("good"), TokenFile: f})
+				p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("good"), TokenFile: f, Delta: delta})
 				st := synced(t, cp, p, "edge~good")
 				before := p.c.Current()
 				if len(before.Listeners) == 0 || len(before.Clusters) == 0 {
@@ -161,7 +161,7 @@ func TestTLS(t *testing.T) {
 		synced(t, cp, p, "edge~tls-ip")
 	})
 	t.Run("CA file and server name, delta", func(t *testing.T) {
-		p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("tls-name"), TokenFile: tok, CAFile: caFile, ServerName: "xds.petmesh.test"})
+		p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("tls-name"), TokenFile: tok, CAFile: caFile, ServerName: "xds.petmesh.test", Delta: true})
 		synced(t, cp, p, "edge~tls-name")
 	})
 	t.Run("a server name the certificate does not hold is refused", func(t *testing.T) {

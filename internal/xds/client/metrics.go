@@ -9,6 +9,7 @@ import (
 
 type metrics struct {
 	updates, acks, nacks *prometheus.CounterVec
+	received             *prometheus.CounterVec
 	connected            prometheus.Gauge
 	reconnects           prometheus.Counter
 	version              *prometheus.GaugeVec
@@ -28,6 +29,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petmesh_xds_nacks_total", Help: "xDS responses rejected (NACK), by type.",
 		}, []string{"type"}),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "petmesh_xds_received_bytes_total", Help: "Bytes of xDS responses received (protobuf size), by type.",
+		}, []string{"type"}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "petmesh_xds_connected", Help: "1 while the ADS stream to the control plane is up.",
 		}),
@@ -42,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.updates, m.acks, m.nacks, m.connected, m.reconnects, m.version} {
+	for _, c := range []prometheus.Collector{m.updates, m.acks, m.nacks, m.received, m.connected, m.reconnects, m.version} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("xds client: register metrics: %w", err)
 		}
