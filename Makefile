@@ -142,6 +142,11 @@ chaos: ## Fault scenarios under a fixed-rate load, faults held 60 s, real Consul
 	  PETMESH_CHAOS_RESULTS=$(CURDIR)/results/chaos PETMESH_CHAOS_DOC=$(CURDIR)/RESILIENCE.md \
 	  $(GO) test -count=1 -timeout 60m -run '^TestChaos$$' -v ./e2e/ 2>&1 | tee results/chaos/chaos.log
 
+.PHONY: fuzz
+FUZZTIME ?= 10s
+fuzz: ## Run every native Go fuzzer for FUZZTIME each (default 10s; FUZZ_PKGS=./edge/ for some packages); a finding fails and is kept in testdata/fuzz/.
+	@FUZZTIME=$(FUZZTIME) GO=$(GO) scripts/fuzz.sh $(FUZZ_PKGS)
+
 .PHONY: clean
 clean: ## Remove build outputs and the run directory.
 	rm -rf $(BIN) $(RUN_DIR)

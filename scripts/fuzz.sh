@@ -16,12 +16,24 @@ if [ ${#pkgs[@]} -eq 0 ]; then
   mapfile -t pkgs < <(git ls-files '*_test.go' | grep -v '^tools/' | xargs grep -l '^func Fuzz' | xargs -n1 dirname | sort -u | sed 's|^|./|')
 fi
 status=0
+ran=0
+failed=()
 for pkg in "${pkgs[@]}"; do
   for fz in $(grep -h '^func Fuzz' "$pkg"/*_test.go | sed -E 's/^func (Fuzz[A-Za-z0-9_]*).*/\1/' | sort -u); do
     echo "== $pkg $fz ($fuzztime)"
+    ran=$((ran + 1))
     if ! "$go" test -run '^$' -fuzz "^$fz\$" -fuzztime "$fuzztime" "$pkg"; then
       status=1
+      failed+=("$pkg $fz")
     fi
   done
+done
+if [ "$ran" -eq 0 ]; then
+  echo "fuzz: no fuzzer found in ${pkgs[*]}" >&2
+  exit 1
+fi
+echo "fuzz: $ran fuzzers, ${#failed[@]} failed"
+for f in "${failed[@]}"; do
+  echo "  FAIL $f (crasher under its testdata/fuzz/)"
 done
 exit $status
