@@ -12,6 +12,8 @@ import (
 func FuzzLoad(f *testing.F) {
 	f.Add(DefaultYAML)
 	f.Add([]byte(`{"routes":[{"name":"a","match":{"prefix":"/"},"targets":[{"service":"a"}]}]}`))
+	f.Add([]byte("routes:\n  - {name: a, match: {prefix: /}, auth: {public: true}, targets: [{service: a}], max_body_bytes: 0, timeout: 0s}\n" +
+		"services:\n  a: {panic_threshold: 12.5}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tab, err := Load(data, ValidateOptions{KnownServices: []string{"pets", "sync", "stats", "a"}})
 		if err != nil {
