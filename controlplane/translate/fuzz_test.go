@@ -10,7 +10,7 @@ import (
 
 // FuzzTranslate: every table routes.Load accepts translates, for the
 // edge, a sidecar of each of its services and a proxyless client, with
-// and without ResilienceFields, into resources that pass Consistent
+// and without OmitResilienceFields, into resources that pass Consistent
 // (names, references and every protoc-gen-validate rule, Anys included);
 // never a panic or an error. A failure is a gap between the route table's
 // validation and the resources it promises.
@@ -24,13 +24,13 @@ func FuzzTranslate(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(full, true)
-	f.Fuzz(func(t *testing.T, data []byte, resilience bool) {
+	f.Fuzz(func(t *testing.T, data []byte, omitResilience bool) {
 		tab, err := routes.Load(data, routes.ValidateOptions{})
 		if err != nil {
 			return
 		}
 		opts := testOpts
-		opts.ResilienceFields = resilience
+		opts.OmitResilienceFields = omitResilience
 		nodes := []Node{edgeNode(), grpcNode(), sidecarNode("pets")}
 		for _, s := range newInput(tab, testInstances, opts).services {
 			nodes = append(nodes, sidecarNode(s))

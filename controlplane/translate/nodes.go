@@ -38,7 +38,7 @@ func (in *input) edge(node Node) (*Resources, error) {
 		port = DefaultEdgePort
 	}
 	filters := []*hcm.HttpFilter{jwt, rbacFilter(), rateLimitFilter(resource.ListenerEdge), faultFilter(nil)}
-	if in.opts.ResilienceFields {
+	if !in.opts.OmitResilienceFields {
 		filters = append(filters, bufferFilter())
 	}
 	filters = append(filters, routerFilter())

@@ -50,7 +50,7 @@ services:
 
 func resilienceOpts(on bool) Options {
 	o := testOpts
-	o.ResilienceFields = on
+	o.OmitResilienceFields = !on
 	return o
 }
 
@@ -193,7 +193,7 @@ func TestPanicThreshold(t *testing.T) {
 			off := translateOrFatal(t, resilienceTable, node, resilienceOpts(false))
 			for _, c := range off.Clusters {
 				if c.GetCommonLbConfig() != nil {
-					t.Errorf("%s: common_lb_config without ResilienceFields", c.GetName())
+					t.Errorf("%s: common_lb_config with OmitResilienceFields", c.GetName())
 				}
 			}
 		})
@@ -203,7 +203,7 @@ func TestPanicThreshold(t *testing.T) {
 // TestBodyLimit: the edge's filters are jwt_authn, rbac, local_ratelimit,
 // fault, buffer (10 MiB), router; each route carries BufferPerRoute with
 // its limit (10 MiB when absent, disabled for 0). Sidecars get no buffer
-// filter; without ResilienceFields nothing of it is emitted.
+// filter; with OmitResilienceFields nothing of it is emitted.
 func TestBodyLimit(t *testing.T) {
 	res := translateOrFatal(t, resilienceTable, edgeNode(), resilienceOpts(true))
 	var names []string

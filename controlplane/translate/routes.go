@@ -144,9 +144,9 @@ func (in *input) retryPolicy(rt *routes.Retries) *routev3.RetryPolicy {
 // already failed (Envoy's previous_hosts predicate), trying up to
 // HostSelectionRetryMaxAttempts picks: without it a retry can land on the
 // host that just failed (with round robin over two hosts, often does).
-// Only with Options.ResilienceFields.
+// Not with Options.OmitResilienceFields.
 func (in *input) avoidPreviousHosts(p *routev3.RetryPolicy) {
-	if !in.opts.ResilienceFields {
+	if in.opts.OmitResilienceFields {
 		return
 	}
 	p.RetryHostPredicate = []*routev3.RetryPolicy_RetryHostPredicate{{
@@ -182,7 +182,7 @@ func routeMetadata(r *routes.Route) *core.Metadata {
 
 // edgeRoute is a route of the edge's route configuration: the action plus
 // per-route jwt_authn requirement, RBAC roles, rate limit, fault and
-// (with Options.ResilienceFields) body limit.
+// body limit (unless Options.OmitResilienceFields).
 func (in *input) edgeRoute(r *routes.Route, clusters clusterSet) *routev3.Route {
 	er := &routev3.Route{Name: r.Name, Match: match(r.Match), Metadata: routeMetadata(r)}
 	if d := r.DirectResponse; d != nil {
@@ -205,7 +205,7 @@ func (in *input) edgeRoute(r *routes.Route, clusters clusterSet) *routev3.Route 
 	if r.Fault != nil {
 		pf[resource.FilterFault] = resource.MustAny(httpFault(r.Fault))
 	}
-	if in.opts.ResilienceFields {
+	if !in.opts.OmitResilienceFields {
 		pf[FilterBuffer] = resource.MustAny(bufferPerRoute(r))
 	}
 	er.TypedPerFilterConfig = pf

@@ -75,16 +75,17 @@ type Options struct {
 	// EdgeLocalAddress is the endpoint of the edge_local cluster (routes
 	// with target service "edge"), host:port; default 127.0.0.1:8080.
 	EdgeLocalAddress string
-	// ResilienceFields emits the resilience fields: on every retry policy
-	// the previous_hosts retry host predicate with
-	// host_selection_retry_max_attempts, on every EDS cluster
-	// common_lb_config.healthy_panic_threshold, and on the edge the buffer
-	// filter (envoy.filters.http.buffer, before the router) with each
-	// route's max_body_bytes as BufferPerRoute. Off by default: a data
-	// plane that does not honour these fields NACKs the whole resource
-	// (the Go data plane's allow-list, internal/dataplane/fields.go), so
-	// the control plane turns it on only for data planes that do.
-	ResilienceFields bool
+	// OmitResilienceFields leaves out the resilience fields, which are
+	// emitted by default: on every retry policy the previous_hosts retry
+	// host predicate with host_selection_retry_max_attempts, on every EDS
+	// cluster common_lb_config.healthy_panic_threshold, and on the edge
+	// the buffer filter (envoy.filters.http.buffer, before the router)
+	// with each route's max_body_bytes as BufferPerRoute. A data plane
+	// that does not honour a field NACKs the whole resource (the Go data
+	// plane's allow-list is internal/dataplane/fields.go); this is for
+	// serving data planes older than these fields during a rolling
+	// upgrade. The route table's values are then not enforced.
+	OmitResilienceFields bool
 }
 
 // Defaults used when the route table or node metadata leaves a value out.
@@ -299,7 +300,7 @@ func (in *input) serviceClusters(names []string, proxyless bool) ([]*clusterv3.C
 	for _, name := range names {
 		svc, version := resource.ParseCluster(name)
 		c := edsCluster(name, svc, version, in.policy(svc), proxyless)
-		if in.opts.ResilienceFields {
+		if !in.opts.OmitResilienceFields {
 			c.CommonLbConfig = commonLbConfig(in.policy(svc))
 		}
 		cs = append(cs, c)

@@ -140,8 +140,8 @@ func TestGolden(t *testing.T) {
 	twoProviders.JWTProviders = append(twoProviders.JWTProviders, JWTProvider{
 		Name: "partner", Issuer: "partner-idp", LocalJWKS: `{"keys":[]}`,
 	})
-	resilience := testOpts
-	resilience.ResilienceFields = true
+	omitResilience := testOpts
+	omitResilience.OmitResilienceFields = true
 	tests := []struct {
 		desc      string
 		table     string
@@ -163,10 +163,8 @@ func TestGolden(t *testing.T) {
 		{desc: "policies-sidecar", table: "file:../routes/testdata/valid/full.yaml", node: sidecarNode("pets")},
 		{desc: "unhealthy-endpoints-edge", table: canary, instances: unhealthy, node: edgeNode()},
 		{desc: "unhealthy-endpoints-proxyless", table: canary, instances: unhealthy, node: grpcNode()},
-		{desc: "resilience-edge", table: "file:../routes/testdata/valid/full.yaml", node: edgeNode(), opts: &resilience},
-		{desc: "resilience-sidecar", table: "file:../routes/testdata/valid/full.yaml", node: sidecarNode("pets"), opts: &resilience},
-		{desc: "resilience-default-edge", table: "file:../routes/testdata/default.yaml", node: edgeNode(), opts: &resilience},
-		{desc: "resilience-proxyless", table: canary, node: grpcNode(), opts: &resilience},
+		{desc: "omit-resilience-edge", table: "file:../routes/testdata/valid/full.yaml", node: edgeNode(), opts: &omitResilience},
+		{desc: "omit-resilience-sidecar", table: "file:../routes/testdata/valid/full.yaml", node: sidecarNode("pets"), opts: &omitResilience},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
