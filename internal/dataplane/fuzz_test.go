@@ -14,8 +14,11 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/petmesh/petmesh/internal/identity"
 )
@@ -24,11 +27,20 @@ import (
 // configuration, 2 cluster, 3 load assignment).
 func fuzzSeeds(t testing.TB) [][2]any {
 	c := edsCluster("a")
+	panicky := edsCluster("a")
+	panicky.CommonLbConfig = &cluster.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 30}}
+	avoiding := retryRoute("5xx", 2, false)
+	previousHostsPolicy(t, avoiding.GetRoute().GetRetryPolicy())
+	limited := perRouteBuffer(t, prefixRoute("big", "/big", "a"), &bufferv3.BufferPerRoute{Override: &bufferv3.BufferPerRoute_Buffer{
+		Buffer: &bufferv3.Buffer{MaxRequestBytes: wrapperspb.UInt32(1 << 20)}}})
 	return [][2]any{
 		{byte(0), listenerRDS(t, testListener, "r")},
 		{byte(1), routeConfig("r", retryRoute("5xx,reset", 2, true), prefixRoute("p", "/pets", "a"))},
 		{byte(2), c},
 		{byte(3), loadAssignment(t, "a", "127.0.0.1:8080", "10.0.0.2:9000")},
+		{byte(0), listenerRDS(t, testListener, "r", filter(t, "envoy.filters.http.buffer", &bufferv3.Buffer{MaxRequestBytes: wrapperspb.UInt32(1024)}))},
+		{byte(1), routeConfig("r", limited, avoiding)},
+		{byte(2), panicky},
 	}
 }
 
