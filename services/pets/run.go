@@ -34,6 +34,7 @@ type Config struct {
 	Pprof           bool
 	ListCacheBytes  int
 	ListCacheTTL    time.Duration
+	RetryAfter      time.Duration
 }
 
 // parseConfig binds the flags to their environment variables.
@@ -52,6 +53,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.Bool(&c.Pprof, "pprof", "PETS_PPROF", false, "serve /debug/pprof/ on the admin listener")
 	f.Int(&c.ListCacheBytes, "list-cache-bytes", "PETS_LIST_CACHE_BYTES", DefaultListCacheBytes, "size of the GET /pets response cache in bytes (0 disables it)")
 	f.Duration(&c.ListCacheTTL, "list-cache-ttl", "PETS_LIST_CACHE_TTL", DefaultListCacheTTL, "longest a cached GET /pets response is served on PostgreSQL, which cannot report other instances' writes (0 disables the cache there; SQLite reports every commit and ignores it)")
+	f.Duration(&c.RetryAfter, "retry-after", "PETS_RETRY_AFTER", DefaultRetryAfter, "Retry-After of the 503 answered while the database is read-only, full or unreachable (whole seconds, at least 1s)")
 	if err := f.Parse(args); err != nil {
 		return c, err
 	}
@@ -78,6 +80,9 @@ func (c Config) Validate() error {
 	}
 	if c.ListCacheTTL < 0 {
 		errs = append(errs, fmt.Errorf("-list-cache-ttl: must be >= 0, got %v", c.ListCacheTTL))
+	}
+	if c.RetryAfter < time.Second {
+		errs = append(errs, fmt.Errorf("-retry-after: must be at least 1s, got %v", c.RetryAfter))
 	}
 	if c.MaxBody < 1024 {
 		errs = append(errs, fmt.Errorf("-max-body: must be at least 1024 bytes, got %d", c.MaxBody))
@@ -141,6 +146,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		MaxBody:        int64(cfg.MaxBody),
 		ListCacheBytes: int64(cfg.ListCacheBytes),
 		ListCacheTTL:   cfg.ListCacheTTL,
+		RetryAfter:     cfg.RetryAfter,
 	})
 	if err != nil {
 		return err

@@ -24,6 +24,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{desc: "negative pool", args: []string{"-db-max-conns", "-1"}, want: "-db-max-conns"},
 		{desc: "negative cache size", args: []string{"-list-cache-bytes", "-1"}, want: "-list-cache-bytes"},
 		{desc: "negative cache ttl", env: map[string]string{"PETS_LIST_CACHE_TTL": "-1s"}, want: "-list-cache-ttl"},
+		{desc: "retry-after under a second", args: []string{"-retry-after", "500ms"}, want: "-retry-after"},
 		{desc: "zero shutdown timeout", args: []string{"-shutdown-timeout", "0s"}, want: "-shutdown-timeout"},
 		{desc: "unknown db scheme", args: []string{"-db", "mysql://x"}, want: "-db"},
 		{desc: "in-memory sqlite", args: []string{"-db", "sqlite://:memory:"}, want: "-db"},

@@ -346,3 +346,62 @@ func TestUnavailablePostgres(t *testing.T) {
 		unavailableThenRecovered(t, s, "full", func() { exec(`DROP TRIGGER pets_disk_full ON pets`) })
 	})
 }
+
+// TestBinaryReadOnlyDatabase runs the real binary (-retry-after 2s) over
+// a SQLite file made immutable while it serves: writes are 503 with
+// Retry-After 2, reads are served, the cause is logged once at ERROR in
+// its JSON log, and writes work again once the file is writable.
+func TestBinaryReadOnlyDatabase(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "pets.db")
+	p := startPets(t, db, "-retry-after", "2s")
+	c := newClient(t, p.URL("http"))
+	write := func(i int) response {
+		b, _ := json.Marshal(map[string]any{"pets": []map[string]any{pet(i)}})
+		return c.do(http.MethodPost, "/pets:batchUpsert", roles("sync"), bytes.NewReader(b))
+	}
+	if r := write(1); r.status != http.StatusOK {
+		t.Fatalf("first write: %d %s", r.status, r.body)
+	}
+	files := existing(db, db+"-wal")
+	chattr(t, "+i", files...)
+	t.Cleanup(func() { _ = exec.Command("chattr", append([]string{"-i"}, files...)...).Run() })
+	for i := 2; i < 6; i++ {
+		r := write(i)
+		var e struct {
+			Error struct{ Code, Message string }
+		}
+		_ = json.Unmarshal(r.body, &e)
+		if r.status != http.StatusServiceUnavailable || e.Error.Code != "unavailable" || r.header.Get("Retry-After") != "2" {
+			t.Fatalf("write while read-only: %d Retry-After %q %s, want 503 unavailable with Retry-After 2", r.status, r.header.Get("Retry-After"), r.body)
+		}
+	}
+	if r := c.do(http.MethodGet, "/pets?limit=5", nil, nil); r.status != http.StatusOK || !bytes.Contains(r.body, []byte(`"name"`)) {
+		t.Fatalf("read while read-only: %d %s, want 200 with the pet", r.status, r.body)
+	}
+	logged := func(level, sub string) int {
+		n := 0
+		for line := range strings.Lines(p.Output()) {
+			var rec struct{ Level, Msg, Error string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Level == level && strings.Contains(rec.Msg, sub) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := logged("ERROR", "answering 503"); n != 1 {
+		t.Errorf("%d ERROR lines about the database for 4 failed writes, want 1:\n%s", n, p.Output())
+	}
+	chattr(t, "-i", files...)
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if r := write(10); r.status != http.StatusOK {
+			return fmt.Errorf("write after the file became writable: %d %s", r.status, r.body)
+		}
+		return nil
+	})
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := logged("INFO", "database recovered"); n != 1 {
+			return fmt.Errorf("%d recovery lines, want 1", n)
+		}
+		return nil
+	})
+}
