@@ -294,6 +294,7 @@ func newCompatProxy(t *testing.T, table string, inst []translate.Instance, node 
 type compatReq struct {
 	method, path, id, host string
 	hdr                    map[string]string
+	body                   string
 }
 
 func (p *compatProxy) do(t *testing.T, q compatReq) (int, http.Header, string) {
@@ -301,7 +302,11 @@ func (p *compatProxy) do(t *testing.T, q compatReq) (int, http.Header, string) {
 	if q.method == "" {
 		q.method = http.MethodGet
 	}
-	req, err := http.NewRequest(q.method, p.srv.URL+q.path, nil)
+	var body io.Reader
+	if q.body != "" {
+		body = strings.NewReader(q.body)
+	}
+	req, err := http.NewRequest(q.method, p.srv.URL+q.path, body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,6 +484,56 @@ func TestTranslatedRetries(t *testing.T) {
 	p := newCompatProxy(t, compatRetries, []translate.Instance{flaky.instance(t, "pets", "v1")}, compatEdgeNode(0), resource.ListenerEdge, dataplane.Options{})
 	if st, _, body := p.do(t, compatReq{path: "/pets/1", id: "alice"}); st != 200 || body != "ok" || calls.Load() != 3 {
 		t.Fatalf("got %d %q after %d calls, want 200 after 3", st, body, calls.Load())
+	}
+}
+
+const compatResilience = `
+routes:
+  - name: upload
+    match: {prefix: /upload}
+    targets: [{service: pets}]
+    max_body_bytes: 16
+    retries: {attempts: 1, retry_on: [5xx], backoff: {base: 1ms, max: 5ms}}
+  - name: pets
+    match: {prefix: /pets}
+    targets: [{service: pets}]
+    retries: {attempts: 1, retry_on: [5xx], backoff: {base: 1ms, max: 5ms}}
+`
+
+// TestTranslatedResilience: the translator's body limit (buffer filter per
+// route) and retries that avoid the previous host (previous_hosts), end to
+// end: one of two instances always fails, no request does.
+func TestTranslatedResilience(t *testing.T) {
+	bad := newCompatBackend(t, "pets-1", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) })
+	var uploads atomic.Int64
+	good := newCompatBackend(t, "pets-2", func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			return
+		}
+		if strings.HasPrefix(r.URL.Path, "/upload") {
+			uploads.Add(1)
+		}
+		fmt.Fprintf(w, "ok %d", len(b))
+	})
+	p := newCompatProxy(t, compatResilience, []translate.Instance{bad.instance(t, "pets", "v1"), good.instance(t, "pets", "v1")},
+		compatEdgeNode(0), resource.ListenerEdge, dataplane.Options{})
+	for i := range 30 {
+		if st, _, body := p.do(t, compatReq{path: "/pets/1", id: "alice"}); st != 200 || body != "ok 0" {
+			t.Fatalf("request %d: got %d %q, want 200 (the retry avoids the failing instance)", i, st, body)
+		}
+	}
+	if bad.hits.Load() == 0 {
+		t.Fatal("the failing instance got no request: the test shows nothing")
+	}
+	if st, _, body := p.do(t, compatReq{method: "PUT", path: "/upload", id: "alice", body: strings.Repeat("x", 16)}); st != 200 || body != "ok 16" {
+		t.Fatalf("body at the limit: got %d %q", st, body)
+	}
+	if st, _, body := p.do(t, compatReq{method: "PUT", path: "/upload", id: "alice", body: strings.Repeat("x", 17)}); st != 413 || !strings.Contains(body, "payload_too_large") {
+		t.Fatalf("body over the limit: got %d %q, want 413", st, body)
+	}
+	if uploads.Load() != 1 {
+		t.Fatalf("%d uploads reached the backend, want only the one within the limit", uploads.Load())
 	}
 }
 
