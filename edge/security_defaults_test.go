@@ -29,9 +29,9 @@ func TestSecurityListenDefaults(t *testing.T) {
 		{"./edge/cmd/edge", []string{"admin-addr"}, map[string]string{"addr": ":8080"}},
 		{"./sidecar/cmd/sidecar", []string{"admin-addr", "outbound-addr"}, map[string]string{"inbound-addr": ":15001"}},
 		{"./controlplane/cmd/controlplane", []string{"api-addr"}, map[string]string{"xds-addr": ":18000"}},
-		{"./services/pets/cmd/pets", []string{"admin-addr"}, map[string]string{"addr": ":7001"}},
-		{"./services/sync/cmd/sync", []string{"admin-addr"}, map[string]string{"addr": ":7002"}},
-		{"./services/stats/cmd/stats", []string{"admin-addr"}, map[string]string{"addr": ":7003"}},
+		{"./services/pets/cmd/pets", []string{"admin-addr", "addr"}, nil},
+		{"./services/sync/cmd/sync", []string{"admin-addr", "addr"}, nil},
+		{"./services/stats/cmd/stats", []string{"admin-addr", "addr"}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.pkg, func(t *testing.T) {
