@@ -270,7 +270,11 @@ func serve(ctx context.Context, cfg *Config, tel *telemetry.Telemetry, stderr io
 		return fmt.Errorf("xds (-xds-addr, -xds-token-file, -xds-ca-file): %w", err)
 	}
 	admin.HandleFunc("GET /xds", func(w http.ResponseWriter, _ *http.Request) {
-		httpx.WriteJSON(w, http.StatusOK, map[string]any{"versions": xc.Versions(), "last_nack": xc.LastNack()})
+		out := map[string]any{"versions": xc.Versions(), "last_nack": xc.LastNack(), "delta": cfg.XDSDelta}
+		if err := xc.StreamError(); err != nil {
+			out["stream_error"] = err.Error() // e.g. Unauthenticated: the token was refused
+		}
+		httpx.WriteJSON(w, http.StatusOK, out)
 	})
 
 	// The sink outlives the servers: it stops once no request can add an
