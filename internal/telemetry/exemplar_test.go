@@ -149,3 +149,40 @@ func TestNativeExemplars(t *testing.T) {
 		}
 	}
 }
+
+// TestOTelHistogramExemplarIsTheLatest: many sampled measurements in the
+// same bucket between two scrapes leave the latest one as the bucket's
+// exemplar (the SDK's default reservoir would keep a random one), in
+// Setup's meter provider and in NewTest's.
+func TestOTelHistogramExemplarIsTheLatest(t *testing.T) {
+	setup, shutdown, err := Setup(context.Background(), Config{ServiceName: "t", LogWriter: io.Discard,
+		Getenv: func(k string) string { return map[string]string{"OTEL_TRACES_EXPORTER": "none"}[k] }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = shutdown(context.Background()) })
+	test := NewTest(io.Discard)
+	test.TracerProvider = setup.TracerProvider // sampled spans
+	for name, tel := range map[string]*Telemetry{"Setup": setup, "NewTest": test} {
+		t.Run(name, func(t *testing.T) {
+			h, err := tel.Meter("test").Float64Histogram("petmesh_test_latest_seconds")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for round := range 3 {
+				var last trace.SpanContext
+				for range 50 {
+					ctx, span := tel.Tracer("test").Start(context.Background(), "op")
+					h.Record(ctx, 0.001) // all in the first bucket
+					span.End()
+					last = span.SpanContext()
+				}
+				body := scrape(t, tel, true)
+				got := exemplars(body, "petmesh_test_latest_seconds_bucket")
+				if len(got) != 1 || !sameExemplar(got[0], last) {
+					t.Fatalf("round %d: exemplars %v, want only the latest, %s\n%s", round, got, exemplarOf(last), body)
+				}
+			}
+		})
+	}
+}

@@ -137,7 +137,7 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, func(context.Context) e
 	if err != nil {
 		return nil, nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(promExp))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(promExp), sdkmetric.WithView(latestExemplarView))
 
 	prop := propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 	otel.SetTracerProvider(tp)
@@ -160,7 +160,7 @@ func NewTest(w io.Writer) *Telemetry {
 	if err != nil {
 		panic(err) // only fails on a duplicate registration in a fresh registry: a programming error
 	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(promExp))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(promExp), sdkmetric.WithView(latestExemplarView))
 	return &Telemetry{
 		Logger:         NewLogger(w, slog.LevelDebug),
 		TracerProvider: tp,

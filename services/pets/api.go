@@ -170,15 +170,7 @@ func NewHandler(st store.Store, tel *telemetry.Telemetry, opts HandlerOptions) (
 	mux.Handle("/", httpx.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) error {
 		return httpx.NotFound("no route for %s %s", r.Method, r.URL.Path)
 	}))
-	// The HTTP metrics keep the latest exemplar per bucket (see
-	// latestExemplarMeterProvider); everything else is tel's.
-	mp, err := latestExemplarMeterProvider(tel.Registry)
-	if err != nil {
-		return nil, err
-	}
-	htel := *tel
-	htel.MeterProvider = mp
-	return httpx.Standard(&htel, "pets", a.maxBody)(mux), nil
+	return httpx.Standard(tel, "pets", a.maxBody)(mux), nil
 }
 
 // routed names the server span after the route and labels the HTTP

@@ -1,17 +1,13 @@
-package pets
+package telemetry
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
-	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
-	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/trace"
@@ -19,35 +15,21 @@ import (
 
 // The OpenTelemetry SDK's default exemplar reservoir for a histogram keeps,
 // per bucket, a uniform random sample of the measurements made since the
-// last scrape (Algorithm L): the n-th request into a bucket replaces its
-// exemplar with probability 1/n. Since the GET /pets cache, a hit takes a
-// fraction of a millisecond, so readiness probes, pollers and cached pages
-// fill the first bucket of http_server_request_duration_seconds (le=0.005)
-// with many requests between scrapes, and the request an operator just
-// traced is almost never the exemplar of its bucket (e2e/trace_test.go's
-// exemplar check). Prometheus's own client keeps the latest observation per
-// bucket; the HTTP metrics here do the same, so the exemplar of a bucket
-// names the most recent sampled request that landed in it.
-//
-// This belongs in internal/telemetry.Setup (every process's histograms
-// have the same sampling); until it moves there, pets builds its HTTP
-// metrics on a meter provider of its own with this reservoir.
+// last scrape: the n-th request into a bucket replaces its exemplar with
+// probability 1/n. When fast requests (readiness probes, pollers, cache
+// hits) fill a bucket between two scrapes, the request an operator has
+// just traced is then almost never its bucket's exemplar. Prometheus's own
+// client keeps the latest observation per bucket, and so do the meter
+// providers built here (latestExemplarView), so the exemplar of a bucket
+// names the most recent sampled request that landed in it, in every
+// process, whichever library records the histogram.
 
-// latestExemplarMeterProvider returns a meter provider whose explicit-bucket
-// histograms keep the latest exemplar per bucket, exported on reg (the
-// exporter is an unchecked collector: it sits beside the process's other
-// one on the same registry).
-func latestExemplarMeterProvider(reg prometheus.Registerer) (metric.MeterProvider, error) {
-	exp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo(), otelprom.WithoutTargetInfo())
-	if err != nil {
-		return nil, fmt.Errorf("prometheus exporter: %w", err)
-	}
-	view := sdkmetric.NewView(
-		sdkmetric.Instrument{Kind: sdkmetric.InstrumentKindHistogram},
-		sdkmetric.Stream{ExemplarReservoirProviderSelector: latestExemplarSelector},
-	)
-	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithView(view)), nil
-}
+// latestExemplarView gives explicit-bucket histograms the latest-per-bucket
+// reservoir; every other instrument keeps the SDK's default.
+var latestExemplarView = sdkmetric.NewView(
+	sdkmetric.Instrument{Kind: sdkmetric.InstrumentKindHistogram},
+	sdkmetric.Stream{ExemplarReservoirProviderSelector: latestExemplarSelector},
+)
 
 // latestExemplarSelector picks the latest-per-bucket reservoir for
 // explicit-bucket histograms and the SDK's default for anything else.
