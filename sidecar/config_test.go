@@ -59,3 +59,38 @@ func TestTracesExported(t *testing.T) {
 		})
 	}
 }
+
+func TestHealthThresholdFlags(t *testing.T) {
+	base := []string{"-service", "pets", "-app-addr", "127.0.0.1:7001", "-registry", "none"}
+	tests := []struct {
+		desc               string
+		args               []string
+		env                map[string]string
+		unhealthy, healthy int
+		delta              bool
+		wantErr            string
+	}{
+		{desc: "defaults: 3 failures, 2 passes, delta xDS", unhealthy: 3, healthy: 2, delta: true},
+		{desc: "flags", args: []string{"-unhealthy-threshold", "5", "-healthy-threshold", "1", "-xds-delta=false"}, unhealthy: 5, healthy: 1},
+		{desc: "environment variables", env: map[string]string{"SIDECAR_UNHEALTHY_THRESHOLD": "4", "SIDECAR_HEALTHY_THRESHOLD": "3", "SIDECAR_XDS_DELTA": "false"}, unhealthy: 4, healthy: 3},
+		{desc: "zero failures refused naming the flag", args: []string{"-unhealthy-threshold", "0"}, wantErr: "-unhealthy-threshold"},
+		{desc: "too many passes refused naming the flag", args: []string{"-healthy-threshold", "101"}, wantErr: "-healthy-threshold"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			c, err := parseConfig(append(append([]string{}, base...), tc.args...), func(k string) string { return tc.env[k] }, io.Discard)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.UnhealthyThreshold != tc.unhealthy || c.HealthyThreshold != tc.healthy || c.XDSDelta != tc.delta {
+				t.Fatalf("thresholds %d/%d delta %v, want %d/%d %v", c.UnhealthyThreshold, c.HealthyThreshold, c.XDSDelta, tc.unhealthy, tc.healthy, tc.delta)
+			}
+		})
+	}
+}
