@@ -138,7 +138,7 @@ CHAOS_RPS ?= 200
 chaos: ## Fault scenarios under a fixed-rate load, faults held 60 s, real Consul; writes results/chaos/ and the table in RESILIENCE.md (CHAOS_RPS, CHAOS_FAULT).
 	@mkdir -p results/chaos
 	@set -o pipefail; PETMESH_CONSUL_BIN=$$(scripts/tool.sh consul) PETMESH_REQUIRE_REAL=1 \
-	  PETMESH_CHAOS=1 PETMESH_CHAOS_FULL=1 PETMESH_CHAOS_RPS=$(CHAOS_RPS) $(if $(CHAOS_FAULT),PETMESH_CHAOS_FAULT=$(CHAOS_FAULT)) \
+	  PETMESH_CHAOS_FULL=1 PETMESH_CHAOS_RPS=$(CHAOS_RPS) $(if $(CHAOS_FAULT),PETMESH_CHAOS_FAULT=$(CHAOS_FAULT)) \
 	  PETMESH_CHAOS_RESULTS=$(CURDIR)/results/chaos PETMESH_CHAOS_DOC=$(CURDIR)/RESILIENCE.md \
 	  $(GO) test -count=1 -timeout 60m -run '^TestChaos$$' -v ./e2e/ 2>&1 | tee results/chaos/chaos.log
 

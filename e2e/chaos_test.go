@@ -32,13 +32,6 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole mesh")
 	}
-	// make chaos sets PETMESH_CHAOS=1. make test leaves it out: five
-	// scenarios fail on product bugs recorded in RESILIENCE.md (no panic
-	// mode, retries re-picking the failed host, 500 on a read-only
-	// database); they stay red under make chaos until those are fixed.
-	if os.Getenv("PETMESH_CHAOS") != "1" {
-		t.Skip("chaos scenarios run under make chaos (PETMESH_CHAOS=1); see RESILIENCE.md for the open failures")
-	}
 	cfg := chaosConfigFromEnv(t)
 	rep := &chaosReport{Started: time.Now(), Config: map[string]any{
 		"rate_rps": cfg.rate, "fault_window": cfg.fault.String(), "machine": chaosMachine(),
