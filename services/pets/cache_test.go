@@ -1,26 +1,20 @@
 package pets_test
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/petmesh/petmesh/internal/telemetry"
 	"github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/pgtest"
 	"github.com/petmesh/petmesh/services/pets"
 	"github.com/petmesh/petmesh/services/pets/store"
 )
@@ -229,7 +223,7 @@ func TestListConditionalGET(t *testing.T) {
 // are seen at once, another instance's writes within the TTL, and a TTL
 // of 0 turns the cache off.
 func TestListCachePostgres(t *testing.T) {
-	dsn := freshPostgresSchema(t)
+	dsn := pgtest.FreshSchema(t, pgtest.DSN(t), "pets_test")
 	opts := pets.HandlerOptions{ListCacheBytes: 1 << 20, ListCacheTTL: time.Second}
 	a, b := newInstance(t, dsn, opts), newInstance(t, dsn, opts)
 	const path = "/pets?species=Dog&limit=10&sort=name"
@@ -262,47 +256,4 @@ func TestListCachePostgres(t *testing.T) {
 	if off.hits() != -1 {
 		t.Fatalf("the cache is on over PostgreSQL with a TTL of 0 (hits %v)", off.hits())
 	}
-}
-
-// freshPostgresSchema returns the DSN of an empty schema on the test
-// PostgreSQL (PETMESH_TEST_POSTGRES_DSN), dropped at the end; it skips
-// without one unless PETMESH_REQUIRE_REAL=1.
-func freshPostgresSchema(t *testing.T) string {
-	t.Helper()
-	dsn := os.Getenv("PETMESH_TEST_POSTGRES_DSN")
-	if dsn == "" {
-		if os.Getenv(testutil.EnvRequireReal) == "1" {
-			t.Fatalf("PETMESH_TEST_POSTGRES_DSN is not set and %s=1", testutil.EnvRequireReal)
-		}
-		t.Skip("PETMESH_TEST_POSTGRES_DSN is not set")
-	}
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := stdlib.OpenDB(*cfg)
-	t.Cleanup(func() { _ = admin.Close() })
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	schema := "pets_test_" + hex.EncodeToString(rnd[:])
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := admin.ExecContext(ctx, `CREATE SCHEMA `+schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := admin.ExecContext(ctx, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
 }

@@ -2,15 +2,11 @@ package pets_test
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +21,7 @@ import (
 	"github.com/petmesh/petmesh/internal/identity"
 	"github.com/petmesh/petmesh/internal/telemetry"
 	"github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/pgtest"
 	"github.com/petmesh/petmesh/services/pets"
 	"github.com/petmesh/petmesh/services/pets/store"
 )
@@ -257,55 +254,13 @@ func TestUnavailableSQLite(t *testing.T) {
 	})
 }
 
-// freshPostgresDatabase creates a database of its own on the test
-// PostgreSQL (ALTER DATABASE must not touch other tests) and returns its
-// DSN and an admin connection to it.
-func freshPostgresDatabase(t *testing.T) (string, string, *pgx.ConnConfig) {
-	t.Helper()
-	dsn := os.Getenv("PETMESH_TEST_POSTGRES_DSN")
-	if dsn == "" {
-		if os.Getenv(testutil.EnvRequireReal) == "1" {
-			t.Fatalf("PETMESH_TEST_POSTGRES_DSN is not set and %s=1", testutil.EnvRequireReal)
-		}
-		t.Skip("PETMESH_TEST_POSTGRES_DSN is not set")
-	}
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := stdlib.OpenDB(*cfg)
-	t.Cleanup(func() { _ = admin.Close() })
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	name := "pets_ro_" + hex.EncodeToString(rnd[:])
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := admin.ExecContext(ctx, `CREATE DATABASE `+name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := admin.ExecContext(ctx, `DROP DATABASE `+name+` WITH (FORCE)`); err != nil {
-			t.Errorf("drop database %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String(), name, cfg
-}
-
 func TestUnavailablePostgres(t *testing.T) {
-	dsn, name, cfg := freshPostgresDatabase(t)
+	dsn, name := pgtest.FreshDatabase(t, pgtest.DSN(t), "pets_ro")
 	// Connected to the test's own database (the trigger lives there).
 	own, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = cfg
 	admin := stdlib.OpenDB(*own)
 	t.Cleanup(func() { _ = admin.Close() })
 	exec := func(q string) {

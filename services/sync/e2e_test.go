@@ -2,25 +2,19 @@ package syncsvc_test
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
-
 	standin "github.com/petmesh/petmesh/dev/petfinder-standin"
 	"github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/pgtest"
 	syncsvc "github.com/petmesh/petmesh/services/sync"
 )
 
@@ -167,50 +161,8 @@ func TestEndToEnd(t *testing.T) {
 		endToEnd(t, filepath.Join(t.TempDir(), "pets.db"))
 	})
 	t.Run("postgres", func(t *testing.T) {
-		dsn := os.Getenv("PETMESH_TEST_POSTGRES_DSN")
-		if dsn == "" {
-			if os.Getenv("PETMESH_REQUIRE_REAL") == "1" {
-				t.Fatal("PETMESH_TEST_POSTGRES_DSN is not set and PETMESH_REQUIRE_REAL=1")
-			}
-			t.Skip("PETMESH_TEST_POSTGRES_DSN is not set")
-		}
-		endToEnd(t, freshSchema(t, dsn))
+		endToEnd(t, pgtest.FreshSchema(t, pgtest.DSN(t), "sync_e2e"))
 	})
-}
-
-// freshSchema creates an empty schema, dropped at the end, and returns
-// the DSN with search_path set to it (pets honours search_path).
-func freshSchema(t *testing.T, dsn string) string {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := stdlib.OpenDB(*cfg)
-	t.Cleanup(func() { _ = db.Close() })
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "sync_e2e_" + hex.EncodeToString(b[:])
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := db.ExecContext(ctx, `CREATE SCHEMA `+schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := db.ExecContext(ctx, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
 }
 
 func endToEnd(t *testing.T, petsDB string) {

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/petmesh/petmesh/internal/testutil/pgtest"
 	"github.com/petmesh/petmesh/services/pets/store"
 )
 
@@ -21,7 +22,7 @@ func TestDataVersion(t *testing.T) {
 		shared bool
 	}{
 		{desc: "sqlite", dsn: func(t *testing.T) string { return "sqlite://" + filepath.Join(t.TempDir(), "pets.db") }, shared: true},
-		{desc: "postgres", dsn: func(t *testing.T) string { return freshSchema(t, postgresDSN(t)) }, shared: false},
+		{desc: "postgres", dsn: func(t *testing.T) string { return pgtest.FreshSchema(t, pgtest.DSN(t), "pets_test") }, shared: false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {

@@ -1,74 +1,16 @@
 package store_test
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"net/url"
-	"os"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
-
+	"github.com/petmesh/petmesh/internal/testutil/pgtest"
 	"github.com/petmesh/petmesh/services/pets/store"
 )
 
-// postgresDSN returns the test server's DSN, skipping the test when none
-// is configured, unless PETMESH_REQUIRE_REAL=1 demands it.
-func postgresDSN(t *testing.T) string {
-	t.Helper()
-	dsn := os.Getenv("PETMESH_TEST_POSTGRES_DSN")
-	if dsn == "" {
-		if os.Getenv("PETMESH_REQUIRE_REAL") == "1" {
-			t.Fatal("PETMESH_TEST_POSTGRES_DSN is not set and PETMESH_REQUIRE_REAL=1")
-		}
-		t.Skip("PETMESH_TEST_POSTGRES_DSN is not set")
-	}
-	return dsn
-}
-
-// freshSchema creates an empty schema, dropped when the test ends, and
-// returns dsn with search_path set to it, so that every test (and every
-// run) starts from an empty database.
-func freshSchema(t *testing.T, dsn string) string {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := stdlib.OpenDB(*cfg)
-	t.Cleanup(func() { _ = admin.Close() })
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "pets_test_" + hex.EncodeToString(b[:])
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := admin.ExecContext(ctx, `CREATE SCHEMA `+schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := admin.ExecContext(ctx, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
 func newPostgres(t *testing.T) store.Store {
 	t.Helper()
-	dsn := freshSchema(t, postgresDSN(t))
+	dsn := pgtest.FreshSchema(t, pgtest.DSN(t), "pets_test")
 	s, err := store.Open(t.Context(), dsn, store.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +20,7 @@ func newPostgres(t *testing.T) store.Store {
 }
 
 func TestPostgresConformance(t *testing.T) {
-	postgresDSN(t)
+	pgtest.DSN(t)
 	runConformance(t, newPostgres)
 }
 
@@ -90,7 +32,7 @@ func TestConcurrentMigrations(t *testing.T) {
 		dsn  func(t *testing.T) string
 	}{
 		{desc: "sqlite", dsn: func(t *testing.T) string { return "sqlite://" + t.TempDir() + "/pets.db" }},
-		{desc: "postgres", dsn: func(t *testing.T) string { return freshSchema(t, postgresDSN(t)) }},
+		{desc: "postgres", dsn: func(t *testing.T) string { return pgtest.FreshSchema(t, pgtest.DSN(t), "pets_test") }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
