@@ -20,3 +20,8 @@ func Secret(service string) string { return service + "-dev-secret" }
 // RegistrationToken is the development registration token of the built-in
 // registry.
 const RegistrationToken = "petmesh-dev-registration-token"
+
+// XDSToken is the development token of the control plane's xDS port: the
+// control plane accepts it (-xds-token-file) and the edge and every sidecar
+// send it. Development only; a deployment generates its own.
+const XDSToken = "petmesh-dev-xds-token-0123456789"

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -121,6 +122,16 @@ func TestTopologyUsesAddrs(t *testing.T) {
 					if strings.Contains(all, addr) {
 						t.Errorf("without obs, a process is given the %s address %s", name, addr)
 					}
+				}
+			}
+			// xDS is authenticated: the control plane accepts the dev token
+			// file, and every process that dials xDS sends it.
+			for _, p := range procs {
+				if !slices.Contains(p.Args, "-xds-addr") {
+					continue
+				}
+				if i := slices.Index(p.Args, "-xds-token-file"); i < 0 || p.Args[i+1] != "/run/etc/xds-token" {
+					t.Errorf("%s dials xDS without -xds-token-file /run/etc/xds-token: %v", p.Name, p.Args)
 				}
 			}
 			if tc.registry == "consul" && !strings.Contains(all, a.Consul) {

@@ -90,7 +90,8 @@ func (a Addrs) Instances() (pets1, pets2, sync, stats Instance) {
 func (a Addrs) Issuer() string { return "http://" + a.Edge }
 
 // Prepare writes the dev configuration files (users, service accounts,
-// registration token) into the run directory; Topology refers to them.
+// registration token, xDS token) into the run directory; Topology refers
+// to them.
 func Prepare(dir string) error {
 	etc := filepath.Join(dir, "etc")
 	if err := os.MkdirAll(etc, 0o700); err != nil {
@@ -100,6 +101,7 @@ func Prepare(dir string) error {
 		"users.yaml":            devconfig.UsersYAML,
 		"service-accounts.yaml": devconfig.ServiceAccountsYAML,
 		"registration-token":    []byte(devconfig.RegistrationToken),
+		"xds-token":             []byte(devconfig.XDSToken + "\n"),
 	}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(etc, name), b, 0o600); err != nil {
@@ -113,7 +115,8 @@ func sidecar(o Options, a Addrs, i Instance) Proc {
 	args := []string{
 		"-service", i.Service, "-instance", i.Name, "-version", i.Version,
 		"-app-addr", i.Addrs.App, "-inbound-addr", i.Addrs.Inbound, "-outbound-addr", i.Addrs.Outbound, "-admin-addr", i.Addrs.SidecarAdmin,
-		"-xds-addr", a.XDS, "-jwks-url", a.Issuer() + "/.well-known/jwks.json", "-issuer", a.Issuer(), "-token-url", a.Issuer() + "/auth/token",
+		"-xds-addr", a.XDS, "-xds-token-file", filepath.Join(o.RunDir, "etc", "xds-token"),
+		"-jwks-url", a.Issuer() + "/.well-known/jwks.json", "-issuer", a.Issuer(), "-token-url", a.Issuer() + "/auth/token",
 	}
 	if o.Registry == "consul" {
 		args = append(args, "-registry", "consul", "-consul-addr", a.Consul)
@@ -167,7 +170,8 @@ func Topology(o Options) []Proc {
 	data := filepath.Join(dir, "data")
 	etc := filepath.Join(dir, "etc")
 	cp := []string{"-xds-addr", a.XDS, "-api-addr", a.API, "-jwks-url", a.Issuer() + "/.well-known/jwks.json", "-issuer", a.Issuer(),
-		"-registration-token-file", filepath.Join(etc, "registration-token"), "-edge-local-addr", a.Edge}
+		"-registration-token-file", filepath.Join(etc, "registration-token"), "-edge-local-addr", a.Edge,
+		"-xds-token-file", filepath.Join(etc, "xds-token")}
 	if o.Registry == "consul" {
 		cp = append(cp, "-registry", "consul", "-store", "consul", "-consul-addr", a.Consul)
 	} else {
@@ -192,7 +196,7 @@ func Topology(o Options) []Proc {
 		Proc{Name: "controlplane", Bin: "controlplane", Listeners: []string{"xds", "api"}, Args: cp,
 			Env: telemetryEnv(o, "controlplane", "")},
 		Proc{Name: "edge", Bin: "edge", Listeners: []string{"http", "admin"}, Env: telemetryEnv(o, "edge", ""),
-			Args: []string{"-addr", a.Edge, "-admin-addr", a.EdgeAdmin, "-xds-addr", a.XDS, "-issuer", a.Issuer(),
+			Args: []string{"-addr", a.Edge, "-admin-addr", a.EdgeAdmin, "-xds-addr", a.XDS, "-xds-token-file", filepath.Join(etc, "xds-token"), "-issuer", a.Issuer(),
 				"-users-file", filepath.Join(etc, "users.yaml"), "-service-accounts-file", filepath.Join(etc, "service-accounts.yaml"),
 				"-keys-dir", filepath.Join(data, "edge-keys"), "-stats-url", "http://" + stats.Addrs.Inbound, "-stats-direct=false"},
 			Ready: httpReady("http://"+a.EdgeAdmin+"/readyz", nil, nil)},
