@@ -122,23 +122,8 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		return c, err
 	}
 	c.MaxBody = int64(maxBody)
-	c.traceSpans = tracesExported(getenv)
+	c.traceSpans = telemetry.TracesExported(getenv)
 	return c, c.Validate()
-}
-
-// tracesExported mirrors telemetry.Setup's exporter choice: an exporter
-// exists when OTEL_TRACES_EXPORTER is "otlp", or is unset while an OTLP
-// endpoint is set. Without one the data plane gets no TracerProvider: the
-// SDK provider would build a server and a client span per request only to
-// drop them (a sixth of the edge's CPU per request).
-func tracesExported(getenv func(string) string) bool {
-	switch getenv("OTEL_TRACES_EXPORTER") {
-	case "otlp":
-		return true
-	case "":
-		return getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != ""
-	}
-	return false
 }
 
 // Validate checks the configuration; every error names its flag.

@@ -432,23 +432,10 @@ func attachToken(src *svctoken.Source, next http.Handler) http.Handler {
 // so the traceparent is still propagated and the trace id still logged,
 // and otelhttp still records the OTel HTTP metrics.
 func spanProvider(tp trace.TracerProvider, getenv func(string) string) trace.TracerProvider {
-	if tracesExported(getenv) {
+	if telemetry.TracesExported(getenv) {
 		return tp
 	}
 	return noop.NewTracerProvider()
-}
-
-// tracesExported mirrors telemetry.Setup's exporter choice: an exporter
-// exists when OTEL_TRACES_EXPORTER is "otlp", or is unset while an OTLP
-// endpoint is set.
-func tracesExported(getenv func(string) string) bool {
-	switch getenv("OTEL_TRACES_EXPORTER") {
-	case "otlp":
-		return true
-	case "":
-		return getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != ""
-	}
-	return false
 }
 
 func isClosed(c chan struct{}) bool {

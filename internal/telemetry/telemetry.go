@@ -170,21 +170,33 @@ func NewTest(w io.Writer) *Telemetry {
 	}
 }
 
+// TracesExported reports whether Setup configures a trace exporter for this
+// environment: OTEL_TRACES_EXPORTER is "otlp", or it is unset while an OTLP
+// endpoint (OTEL_EXPORTER_OTLP_ENDPOINT or its traces variant) is set.
+// Without one, hot paths should not build spans at all (the SDK would
+// build them, attributes and all, only to drop them): the edge and the
+// sidecars then give their data plane a no-op TracerProvider.
+func TracesExported(getenv func(string) string) bool {
+	switch getenv("OTEL_TRACES_EXPORTER") {
+	case "otlp":
+		return true
+	case "":
+		return firstNonEmpty(getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), getenv("OTEL_EXPORTER_OTLP_ENDPOINT")) != ""
+	}
+	return false
+}
+
 // traceExporter follows the OTLP exporter specification: an exporter exists
 // only when OTEL_TRACES_EXPORTER=otlp or an OTLP endpoint is set; the
 // protocol comes from OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, default
 // http/protobuf. The exporter packages read the remaining OTEL_* variables.
 func traceExporter(ctx context.Context, getenv func(string) string) (sdktrace.SpanExporter, error) {
-	kind := getenv("OTEL_TRACES_EXPORTER")
-	endpoint := firstNonEmpty(getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), getenv("OTEL_EXPORTER_OTLP_ENDPOINT"))
-	switch kind {
-	case "none":
-		return nil, nil
-	case "", "otlp":
+	switch kind := getenv("OTEL_TRACES_EXPORTER"); kind {
+	case "", "otlp", "none":
 	default:
 		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER: unsupported exporter %q (want otlp or none)", kind)
 	}
-	if kind == "" && endpoint == "" {
+	if !TracesExported(getenv) {
 		return nil, nil
 	}
 	proto := firstNonEmpty(getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), getenv("OTEL_EXPORTER_OTLP_PROTOCOL"), "http/protobuf")

@@ -111,3 +111,27 @@ func TestMetricsHandlerExposesOTelAndNative(t *testing.T) {
 		t.Fatalf("counter missing from exposition:\n%s", rec.Body.String())
 	}
 }
+
+// TestTracesExported: the exporter choice the edge and the sidecars read
+// to decide whether their data plane builds spans.
+func TestTracesExported(t *testing.T) {
+	tests := []struct {
+		desc string
+		env  map[string]string
+		want bool
+	}{
+		{desc: "nothing set", want: false},
+		{desc: "exporter otlp", env: map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, want: true},
+		{desc: "endpoint", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, want: true},
+		{desc: "traces endpoint", env: map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"}, want: true},
+		{desc: "exporter none wins over an endpoint", env: map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, want: false},
+		{desc: "an unsupported exporter exports nothing", env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, want: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			if got := TracesExported(func(k string) string { return tc.env[k] }); got != tc.want {
+				t.Fatalf("TracesExported = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
