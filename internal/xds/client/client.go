@@ -338,11 +338,7 @@ func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn) (received bo
 		}
 		if !received {
 			received = true
-			c.mu.Lock()
-			c.connErr = nil
-			c.mu.Unlock()
-			c.metrics.connected.Set(1)
-			c.log.InfoContext(ctx, "xds stream connected", "server", c.cfg.Server)
+			c.streamUp(ctx, "xds stream connected")
 		}
 		t := resp.GetTypeUrl()
 		s, ok := states[t]
@@ -543,4 +539,14 @@ func shortType(t string) string {
 		return "endpoint"
 	}
 	return t
+}
+
+// streamUp records that a stream received its first response: the
+// connection error is cleared, the connected gauge set, and msg logged.
+func (c *Client) streamUp(ctx context.Context, msg string) {
+	c.mu.Lock()
+	c.connErr = nil
+	c.mu.Unlock()
+	c.metrics.connected.Set(1)
+	c.log.InfoContext(ctx, msg, "server", c.cfg.Server)
 }

@@ -116,11 +116,7 @@ func (c *Client) deltaStream(ctx context.Context, conn *grpc.ClientConn) (receiv
 		}
 		if !received {
 			received = true
-			c.mu.Lock()
-			c.connErr = nil
-			c.mu.Unlock()
-			c.metrics.connected.Set(1)
-			c.log.InfoContext(ctx, "xds delta stream connected", "server", c.cfg.Server)
+			c.streamUp(ctx, "xds delta stream connected")
 		}
 		t := resp.GetTypeUrl()
 		if _, ok := states[t]; !ok {
