@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,24 +25,11 @@ import (
 	"github.com/petmesh/petmesh/services/pets/store"
 )
 
-// lockedBuffer is a log sink shared by request goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// count returns how many log lines have a msg containing sub.
-func (l *lockedBuffer) count(sub string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// countLogs returns how many JSON log lines in logs have a msg containing
+// sub.
+func countLogs(logs *testutil.SyncBuffer, sub string) int {
 	n := 0
-	for line := range strings.Lines(l.b.String()) {
+	for line := range strings.Lines(logs.String()) {
 		var rec struct{ Msg string }
 		if json.Unmarshal([]byte(line), &rec) == nil && strings.Contains(rec.Msg, sub) {
 			n++
@@ -56,13 +42,13 @@ func (l *lockedBuffer) count(sub string) int {
 type dbServer struct {
 	t    *testing.T
 	url  string
-	logs *lockedBuffer
+	logs *testutil.SyncBuffer
 	seq  int
 }
 
 func newDBServer(t *testing.T, dsn string) *dbServer {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &testutil.SyncBuffer{}
 	tel := telemetry.NewTest(logs)
 	st, err := store.Open(t.Context(), dsn, store.Options{Tracer: tel.Tracer("store"), Registerer: tel.Registry})
 	if err != nil {
@@ -144,7 +130,7 @@ func wantUnavailable(t *testing.T, a answer, reason string) {
 // after heal, writes succeed again by themselves (recovery logged once).
 func unavailableThenRecovered(t *testing.T, s *dbServer, reason string, heal func()) {
 	t.Helper()
-	failed, recovered := s.logs.count("answering 503"), s.logs.count("database recovered")
+	failed, recovered := countLogs(s.logs, "answering 503"), countLogs(s.logs, "database recovered")
 	for range 3 {
 		wantUnavailable(t, s.write(10), reason)
 	}
@@ -154,7 +140,7 @@ func unavailableThenRecovered(t *testing.T, s *dbServer, reason string, heal fun
 	if a := s.do(http.MethodGet, "/pets?limit=5", nil); a.status != http.StatusOK {
 		t.Errorf("GET /pets during the fault: %v, want 200", a)
 	}
-	if n := s.logs.count("answering 503") - failed; n > 1 || (failed == 0 && n != 1) {
+	if n := countLogs(s.logs, "answering 503") - failed; n > 1 || (failed == 0 && n != 1) {
 		t.Errorf("%d log lines about the unavailable database for 3 failed writes, want 1", n)
 	}
 	heal()
@@ -172,7 +158,7 @@ func unavailableThenRecovered(t *testing.T, s *dbServer, reason string, heal fun
 	if a := s.write(10); a.status != http.StatusOK || a.inserted != 1 {
 		t.Fatalf("second write after recovery: %v", a)
 	}
-	if n := s.logs.count("database recovered") - recovered; n != 1 {
+	if n := countLogs(s.logs, "database recovered") - recovered; n != 1 {
 		t.Errorf("%d recovery log lines, want 1", n)
 	}
 }
@@ -248,7 +234,7 @@ func TestUnavailableSQLite(t *testing.T) {
 		if a := s.do(http.MethodGet, "/pets?limit=5", nil); a.status != http.StatusOK {
 			t.Errorf("GET /pets when full: %v, want 200", a)
 		}
-		if n := s.logs.count("database full: answering 503"); n != 1 {
+		if n := countLogs(s.logs, "database full: answering 503"); n != 1 {
 			t.Errorf("%d log lines about the full database, want 1", n)
 		}
 	})
