@@ -95,7 +95,7 @@ func (in *input) jwtFilter() (*hcm.HttpFilter, error) {
 // bufferFilter is the buffer filter with the default body limit; routes
 // set their own with BufferPerRoute (bufferPerRoute).
 func bufferFilter() *hcm.HttpFilter {
-	return resource.HTTPFilter(FilterBuffer, &bufferv3.Buffer{MaxRequestBytes: u32(DefaultMaxBodyBytes)})
+	return resource.HTTPFilter(resource.FilterBuffer, &bufferv3.Buffer{MaxRequestBytes: u32(DefaultMaxBodyBytes)})
 }
 
 func routerFilter() *hcm.HttpFilter {

@@ -15,18 +15,6 @@ import (
 	"github.com/petmesh/petmesh/internal/xds/resource"
 )
 
-// Envoy extension names the resilience fields use. They belong with the
-// other filter names in internal/xds/resource (defined once); they live
-// here until the data plane, which will read them too, is changed.
-const (
-	// FilterBuffer is Envoy's buffer filter: whole-request buffering
-	// with a body limit (413 above it).
-	FilterBuffer = "envoy.filters.http.buffer"
-	// RetryHostPreviousHosts is Envoy's retry host predicate that
-	// rejects hosts already tried by the request.
-	RetryHostPreviousHosts = "envoy.retry_host_predicates.previous_hosts"
-)
-
 // match translates a route table match.
 func match(m routes.Match) *routev3.RouteMatch {
 	rm := &routev3.RouteMatch{}
@@ -150,7 +138,7 @@ func (in *input) avoidPreviousHosts(p *routev3.RetryPolicy) {
 		return
 	}
 	p.RetryHostPredicate = []*routev3.RetryPolicy_RetryHostPredicate{{
-		Name:       RetryHostPreviousHosts,
+		Name:       resource.RetryHostPreviousHosts,
 		ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: resource.MustAny(&previoushostsv3.PreviousHostsPredicate{})},
 	}}
 	p.HostSelectionRetryMaxAttempts = HostSelectionRetryMaxAttempts
@@ -206,7 +194,7 @@ func (in *input) edgeRoute(r *routes.Route, clusters clusterSet) *routev3.Route 
 		pf[resource.FilterFault] = resource.MustAny(httpFault(r.Fault))
 	}
 	if !in.opts.OmitResilienceFields {
-		pf[FilterBuffer] = resource.MustAny(bufferPerRoute(r))
+		pf[resource.FilterBuffer] = resource.MustAny(bufferPerRoute(r))
 	}
 	er.TypedPerFilterConfig = pf
 	return er

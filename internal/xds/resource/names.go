@@ -67,8 +67,15 @@ const (
 	FilterRBAC                  = "envoy.filters.http.rbac"
 	FilterLocalRateLimit        = "envoy.filters.http.local_ratelimit"
 	FilterFault                 = "envoy.filters.http.fault"
-	FilterRouter                = "envoy.filters.http.router"
+	// FilterBuffer is Envoy's buffer filter; petmesh uses only its body
+	// limit (413 above max_request_bytes), per listener and per route.
+	FilterBuffer = "envoy.filters.http.buffer"
+	FilterRouter = "envoy.filters.http.router"
 )
+
+// RetryHostPreviousHosts is Envoy's retry host predicate that rejects the
+// hosts a request already tried.
+const RetryHostPreviousHosts = "envoy.retry_host_predicates.previous_hosts"
 
 // JWT conventions shared by the translator and the data plane.
 const (
