@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	yaml3 "gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/petmesh/petmesh/controlplane/xds"
@@ -337,6 +338,236 @@ func TestXDSTokenWired(t *testing.T) {
 		// Marked as a development value wherever it is seen.
 		if !strings.Contains(got, "DEVELOPMENT-ONLY") {
 			t.Errorf("the development xDS token %q does not say DEVELOPMENT-ONLY", got)
+		}
+	})
+}
+
+// xdsTLSComponent is deploy/k8s/xds-tls/kustomization.yaml, decoded
+// strictly.
+type xdsTLSComponent struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Patches    []struct {
+		Path string `yaml:"path"`
+	} `yaml:"patches"`
+}
+
+const xdsTLSSecret = "petmesh-xds-tls"
+
+// xdsTLSProblems checks the optional xDS TLS component against the base
+// manifests: the control plane gets tls.crt and tls.key, the edge and
+// every sidecar the CA (and only the CA) of Secret petmesh-xds-tls, each
+// from a read-only Secret volume whose name and mount path are new to
+// the container (a strategic merge on an existing one would replace it).
+// It returns the problems and, per patched container, the variables set.
+func xdsTLSProblems(base, patches []object) ([]string, map[string][]string) {
+	var problems []string
+	envByWhere := map[string][]string{}
+	basePods := podSpecs(base)
+	patchPods := podSpecs(patches)
+	want := map[string][]string{ // binary -> variable -> file (key of the Secret)
+		"controlplane": {"CONTROLPLANE_XDS_TLS_CERT_FILE=tls.crt", "CONTROLPLANE_XDS_TLS_KEY_FILE=tls.key"},
+		"edge":         {"EDGE_XDS_CA_FILE=ca.crt"},
+		"sidecar":      {"SIDECAR_XDS_CA_FILE=ca.crt"},
+	}
+	for key, pod := range basePods {
+		for _, c := range pod.Spec.Containers {
+			if !strings.HasPrefix(c.Image, "petmesh:") || len(c.Args) == 0 || want[c.Args[0]] == nil {
+				continue
+			}
+			where := key + " container " + c.Name
+			pp, ok := patchPods[key]
+			var pc *corev1.Container
+			for i := range pp.Spec.Containers {
+				if pp.Spec.Containers[i].Name == c.Name {
+					pc = &pp.Spec.Containers[i]
+				}
+			}
+			if !ok || pc == nil {
+				problems = append(problems, fmt.Sprintf("%s: not patched by the xds-tls component", where))
+				continue
+			}
+			env := map[string]string{}
+			for _, e := range pc.Env {
+				env[e.Name] = e.Value
+				envByWhere[where] = append(envByWhere[where], e.Name)
+			}
+			vols := map[string]corev1.Volume{}
+			for _, v := range pp.Spec.Volumes {
+				vols[v.Name] = v
+				for _, bv := range pod.Spec.Volumes {
+					if bv.Name == v.Name {
+						problems = append(problems, fmt.Sprintf("%s: volume %s already exists in the base (the patch would replace it)", where, v.Name))
+					}
+				}
+			}
+			for _, vm := range pc.VolumeMounts {
+				for _, bm := range c.VolumeMounts {
+					if bm.MountPath == vm.MountPath {
+						problems = append(problems, fmt.Sprintf("%s: mount path %s already used in the base", where, vm.MountPath))
+					}
+				}
+			}
+			for _, w := range want[c.Args[0]] {
+				name, secretKey, _ := strings.Cut(w, "=")
+				file := env[name]
+				if file == "" {
+					problems = append(problems, fmt.Sprintf("%s: %s not set", where, name))
+					continue
+				}
+				var vm *corev1.VolumeMount
+				for i := range pc.VolumeMounts {
+					if path.Dir(file) == path.Clean(pc.VolumeMounts[i].MountPath) {
+						vm = &pc.VolumeMounts[i]
+					}
+				}
+				if vm == nil {
+					problems = append(problems, fmt.Sprintf("%s: no volume is mounted at %s (%s)", where, path.Dir(file), name))
+					continue
+				}
+				v, ok := vols[vm.Name]
+				switch {
+				case !ok:
+					problems = append(problems, fmt.Sprintf("%s: volume %s is not defined by the patch", where, vm.Name))
+					continue
+				case !vm.ReadOnly || vm.SubPath != "":
+					problems = append(problems, fmt.Sprintf("%s: mount %s must be read-only and without subPath", where, vm.MountPath))
+				case v.Secret == nil || v.Secret.SecretName != xdsTLSSecret:
+					problems = append(problems, fmt.Sprintf("%s: volume %s is not Secret %s", where, vm.Name, xdsTLSSecret))
+					continue
+				}
+				// The file at path.Base(file) must be secretKey.
+				got := ""
+				if len(v.Secret.Items) == 0 {
+					got = path.Base(file)
+				}
+				for _, it := range v.Secret.Items {
+					if it.Path == path.Base(file) {
+						got = it.Key
+					}
+				}
+				if got != secretKey {
+					problems = append(problems, fmt.Sprintf("%s: %s=%s is Secret key %q, want %q", where, name, file, got, secretKey))
+				}
+				if c.Args[0] != "controlplane" {
+					// A proxy must never see the control plane's key.
+					if len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != "ca.crt" {
+						problems = append(problems, fmt.Sprintf("%s: volume %s must project only ca.crt of %s", where, vm.Name, xdsTLSSecret))
+					}
+				}
+			}
+		}
+	}
+	sort.Strings(problems)
+	return problems, envByWhere
+}
+
+// loadXDSTLSComponent decodes the component and its patches strictly,
+// with edit applied to the named patch file's text.
+func loadXDSTLSComponent(t *testing.T, edit func(file, text string) string) []object {
+	t.Helper()
+	dir := filepath.Join(k8sDir, "xds-tls")
+	raw, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var comp xdsTLSComponent
+	dec := yaml3.NewDecoder(strings.NewReader(string(raw)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&comp); err != nil {
+		t.Fatalf("xds-tls/kustomization.yaml: %v", err)
+	}
+	if comp.APIVersion != "kustomize.config.k8s.io/v1alpha1" || comp.Kind != "Component" || len(comp.Patches) == 0 {
+		t.Fatalf("xds-tls/kustomization.yaml: %+v, want a Component with patches", comp)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	var objs []object
+	for _, p := range comp.Patches {
+		listed[p.Path] = true
+		b, err := os.ReadFile(filepath.Join(dir, p.Path))
+		if err != nil {
+			t.Fatalf("patch %s: %v", p.Path, err)
+		}
+		text := string(b)
+		if edit != nil {
+			text = edit(p.Path, text)
+		}
+		o, err := decodeManifests("xds-tls/"+p.Path, []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs = append(objs, o...)
+	}
+	for _, f := range files {
+		if b := filepath.Base(f); b != "kustomization.yaml" && !listed[b] {
+			t.Errorf("xds-tls/%s is not listed in its kustomization.yaml", b)
+		}
+	}
+	return objs
+}
+
+// TestXDSTLSComponent checks the optional component deploy/k8s/xds-tls
+// offline (no kustomize needed): its patches decode strictly, reach the
+// control plane, the edge and every sidecar of the base, use only
+// variables the binaries read, and give the proxies only the CA.
+func TestXDSTLSComponent(t *testing.T) {
+	_, base := loadAll(t)
+	problems, env := xdsTLSProblems(base, loadXDSTLSComponent(t, nil))
+	for _, p := range problems {
+		t.Error(p)
+	}
+	if len(env) < 5 {
+		t.Errorf("%d containers patched, want the control plane, the edge and three sidecars", len(env))
+	}
+	if !testing.Short() {
+		for where, names := range env {
+			bin := "sidecar"
+			switch {
+			case strings.Contains(where, "container controlplane"):
+				bin = "controlplane"
+			case strings.Contains(where, "container edge"):
+				bin = "edge"
+			}
+			for _, p := range (invocation{where: "xds-tls " + where, argv: []string{bin}, env: names}).check(t) {
+				t.Error(p)
+			}
+		}
+	}
+
+	t.Run("a missed sidecar, a proxy given the key, a clash", func(t *testing.T) {
+		objs := loadXDSTLSComponent(t, func(file, text string) string {
+			if file != "proxies.yaml" {
+				return text
+			}
+			docs := strings.Split(text, "---\n")
+			var kept []string
+			for _, d := range docs {
+				switch {
+				case strings.Contains(d, "name: stats\n"):
+					continue // stats' sidecar not patched
+				case strings.Contains(d, "name: sync\n"):
+					d = strings.Replace(d, "items: [{key: ca.crt, path: ca.crt}]", "items: [{key: ca.crt, path: ca.crt}, {key: tls.key, path: tls.key}]", 1)
+				case strings.Contains(d, "name: edge\n"):
+					d = strings.ReplaceAll(d, "name: xds-ca", "name: identity")
+				}
+				kept = append(kept, d)
+			}
+			return strings.Join(kept, "---\n")
+		})
+		got, _ := xdsTLSProblems(base, objs)
+		all := strings.Join(got, "\n")
+		for _, w := range []string{
+			"Deployment/stats container sidecar: not patched by the xds-tls component",
+			"Deployment/sync container sidecar: volume xds-ca must project only ca.crt",
+			"Deployment/edge container edge: volume identity already exists in the base",
+		} {
+			if !strings.Contains(all, w) {
+				t.Errorf("problems of a broken component:\n%s\nwant %q", all, w)
+			}
 		}
 	})
 }
