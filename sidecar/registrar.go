@@ -2,9 +2,7 @@ package sidecar
 
 import (
 	"fmt"
-	"net"
 	"net/http"
-	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 
@@ -31,19 +29,8 @@ func (t unsampledTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func newRegistrar(cfg Config) (registry.Registrar, error) {
 	switch cfg.Registry {
 	case RegistryBuiltin:
-		hc := &http.Client{
-			Timeout: 5 * time.Second,
-			Transport: unsampledTransport{&http.Transport{
-				Proxy:                 nil,
-				DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-				TLSHandshakeTimeout:   3 * time.Second,
-				ResponseHeaderTimeout: 5 * time.Second,
-				MaxIdleConnsPerHost:   2,
-				IdleConnTimeout:       90 * time.Second,
-			}},
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
-		reg, err := registry.NewHTTPClient(cfg.RegistryURL, cfg.RegistrationToken, registry.WithHTTPClient(hc))
+		reg, err := registry.NewHTTPClient(cfg.RegistryURL, cfg.RegistrationToken,
+			registry.WrapTransport(func(next http.RoundTripper) http.RoundTripper { return unsampledTransport{next} }))
 		if err != nil {
 			return nil, fmt.Errorf("-registry-url: %w", err)
 		}

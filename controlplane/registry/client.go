@@ -33,6 +33,25 @@ func WithHTTPClient(hc *http.Client) ClientOption {
 	return func(c *HTTPClient) { c.hc = hc }
 }
 
+// WrapTransport wraps the transport of the client's *http.Client (by
+// default one tuned for the registry: no proxy, short dial, TLS and
+// response-header timeouts, two idle connections per host), e.g. to set a
+// header on every request. Options apply in order: wrap receives the
+// transport the options before it left (http.DefaultTransport for a nil
+// one), and a caller's *http.Client given by WithHTTPClient is copied,
+// not modified.
+func WrapTransport(wrap func(http.RoundTripper) http.RoundTripper) ClientOption {
+	return func(c *HTTPClient) {
+		hc := *c.hc
+		next := hc.Transport
+		if next == nil {
+			next = http.DefaultTransport
+		}
+		hc.Transport = wrap(next)
+		c.hc = &hc
+	}
+}
+
 // WithTimeout sets the whole-request timeout (default 5s).
 func WithTimeout(d time.Duration) ClientOption {
 	return func(c *HTTPClient) { c.hc.Timeout = d }
