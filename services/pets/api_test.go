@@ -15,31 +15,26 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/petmesh/petmesh/internal/telemetry"
+	"github.com/petmesh/petmesh/internal/testutil/petstest"
 	"github.com/petmesh/petmesh/services/pets"
-	"github.com/petmesh/petmesh/services/pets/store"
 )
 
-// newServer serves the API in-process over a real loopback socket, with
-// spans recorded.
-func newServer(t testing.TB) (*httptest.Server, *tracetest.SpanRecorder) {
+// tracedServer is the API in-process over a real loopback socket (a
+// SQLite store of the test's own), its spans recorded.
+type tracedServer struct {
+	*httptest.Server
+	spans *tracetest.SpanRecorder
+	tel   *telemetry.Telemetry
+}
+
+// newServer serves the API with opts, its spans recorded.
+func newServer(t testing.TB, opts pets.HandlerOptions) tracedServer {
 	t.Helper()
 	rec := tracetest.NewSpanRecorder()
 	tel := telemetry.NewTest(io.Discard)
 	tel.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "pets.db"), store.Options{
-		Tracer: tel.Tracer("store"), Registerer: tel.Registry,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	h, err := pets.NewHandler(st, tel, pets.HandlerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return srv, rec
+	srv := petstest.Serve(t, "sqlite://"+filepath.Join(t.TempDir(), "pets.db"), tel, opts)
+	return tracedServer{Server: srv.Server, spans: rec, tel: tel}
 }
 
 // TestOpenAPI checks that the document is JSON and describes exactly the
@@ -70,7 +65,7 @@ func TestOpenAPI(t *testing.T) {
 		t.Fatalf("documented %v\nserved     %v", documented, served)
 	}
 
-	srv, _ := newServer(t)
+	srv := newServer(t, pets.HandlerOptions{})
 	for _, r := range pets.Routes {
 		t.Run(r.Method+" "+r.Path, func(t *testing.T) {
 			req, err := http.NewRequestWithContext(t.Context(), r.Method, srv.URL+strings.ReplaceAll(r.Path, "{id}", "pet_000000000000000000000000"), nil)
@@ -95,14 +90,14 @@ func TestOpenAPI(t *testing.T) {
 // TestTracing checks that a request yields a server span with a database
 // client span under it.
 func TestTracing(t *testing.T) {
-	srv, rec := newServer(t)
+	srv := newServer(t, pets.HandlerOptions{})
 	resp, err := srv.Client().Get(srv.URL + "/pets?species=Dog")
 	if err != nil {
 		t.Fatal(err)
 	}
 	_ = resp.Body.Close()
 	var server, db sdktrace.ReadOnlySpan
-	for _, s := range rec.Ended() {
+	for _, s := range srv.spans.Ended() {
 		switch s.SpanKind() {
 		case trace.SpanKindServer:
 			server = s
@@ -113,7 +108,7 @@ func TestTracing(t *testing.T) {
 		}
 	}
 	if server == nil || db == nil {
-		t.Fatalf("want a server and a db span, got %v", rec.Ended())
+		t.Fatalf("want a server and a db span, got %v", srv.spans.Ended())
 	}
 	if server.Name() != "GET /pets" {
 		t.Errorf("server span %q", server.Name())

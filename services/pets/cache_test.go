@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -14,9 +13,9 @@ import (
 
 	"github.com/petmesh/petmesh/internal/telemetry"
 	"github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/petstest"
 	"github.com/petmesh/petmesh/internal/testutil/pgtest"
 	"github.com/petmesh/petmesh/services/pets"
-	"github.com/petmesh/petmesh/services/pets/store"
 )
 
 // instance is one pets API with its own store (its own connections, as
@@ -29,17 +28,7 @@ type instance struct {
 func newInstance(t *testing.T, dsn string, opts pets.HandlerOptions) instance {
 	t.Helper()
 	tel := telemetry.NewTest(io.Discard)
-	st, err := store.Open(t.Context(), dsn, store.Options{Registerer: tel.Registry})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	h, err := pets.NewHandler(st, tel, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
+	srv := petstest.Serve(t, dsn, tel, opts)
 	return instance{client: newClient(t, srv.URL), reg: tel.Registry}
 }
 

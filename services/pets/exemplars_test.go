@@ -5,18 +5,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/petmesh/petmesh/internal/telemetry"
 	"github.com/petmesh/petmesh/services/pets"
-	"github.com/petmesh/petmesh/services/pets/store"
 )
 
 var exemplarTraceRE = regexp.MustCompile(`# \{.*trace_id="([0-9a-f]{32})"`)
@@ -48,30 +43,15 @@ func listExemplars(t *testing.T, metrics http.Handler) []string {
 // bucket since the last scrape (the SDK's default reservoir would keep a
 // random one of them).
 func TestListExemplarIsOwnTrace(t *testing.T) {
-	rec := tracetest.NewSpanRecorder()
-	tel := telemetry.NewTest(io.Discard)
-	tel.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "pets.db"), store.Options{
-		Tracer: tel.Tracer("store"), Registerer: tel.Registry,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	h, err := pets.NewHandler(st, tel, pets.HandlerOptions{ListCacheBytes: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	metrics := tel.MetricsHandler()
+	srv := newServer(t, pets.HandlerOptions{ListCacheBytes: 1 << 20})
+	metrics := srv.tel.MetricsHandler()
 
 	n := 0
 	// Whether the cache answered, from the server span's attribute: not
 	// from the metrics, whose every gather resets the SDK's sampling.
 	cacheOf := func(traceID string) string {
 		t.Helper()
-		for _, sp := range rec.Ended() {
+		for _, sp := range srv.spans.Ended() {
 			if sp.SpanKind() != trace.SpanKindServer || sp.SpanContext().TraceID().String() != traceID {
 				continue
 			}

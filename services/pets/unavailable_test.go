@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"github.com/petmesh/petmesh/internal/identity"
 	"github.com/petmesh/petmesh/internal/telemetry"
 	"github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/petstest"
 	"github.com/petmesh/petmesh/internal/testutil/pgtest"
 	"github.com/petmesh/petmesh/services/pets"
 	"github.com/petmesh/petmesh/services/pets/store"
@@ -49,18 +49,7 @@ type dbServer struct {
 func newDBServer(t *testing.T, dsn string) *dbServer {
 	t.Helper()
 	logs := &testutil.SyncBuffer{}
-	tel := telemetry.NewTest(logs)
-	st, err := store.Open(t.Context(), dsn, store.Options{Tracer: tel.Tracer("store"), Registerer: tel.Registry})
-	if err != nil {
-		t.Fatalf("open store: %v", err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	h, err := pets.NewHandler(st, tel, pets.HandlerOptions{ListCacheBytes: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
+	srv := petstest.Serve(t, dsn, telemetry.NewTest(logs), pets.HandlerOptions{ListCacheBytes: 1 << 20})
 	return &dbServer{t: t, url: srv.URL, logs: logs}
 }
 

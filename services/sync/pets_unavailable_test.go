@@ -3,7 +3,6 @@ package syncsvc
 import (
 	"context"
 	"io"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,8 +12,8 @@ import (
 
 	"github.com/petmesh/petmesh/internal/telemetry"
 	"github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/petstest"
 	"github.com/petmesh/petmesh/services/pets"
-	"github.com/petmesh/petmesh/services/pets/store"
 )
 
 // hookClock records the waits of the client and runs a hook at the first
@@ -46,18 +45,7 @@ func (c *hookClock) Sleep(_ context.Context, d time.Duration) error {
 // once; sending the batch again changes nothing (no duplicate).
 func TestBatchUpsertWaitsRetryAfter(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "pets.db")
-	tel := telemetry.NewTest(io.Discard)
-	st, err := store.Open(t.Context(), "sqlite://"+path, store.Options{Registerer: tel.Registry})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	h, err := pets.NewHandler(st, tel, pets.HandlerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
+	srv := petstest.Serve(t, "sqlite://"+path, telemetry.NewTest(io.Discard), pets.HandlerOptions{})
 
 	clock := &hookClock{}
 	c := NewPetsClient(PetsConfig{BaseURL: srv.URL, Clock: clock, Rand: func() float64 { return 0.5 }, Telemetry: telemetry.NewTest(io.Discard)})
@@ -103,7 +91,7 @@ func TestBatchUpsertWaitsRetryAfter(t *testing.T) {
 	if err != nil || res.Unchanged != 1 || res.Inserted != 0 {
 		t.Fatalf("the same batch again: %+v %v, want unchanged", res, err)
 	}
-	if n, err := st.Count(t.Context()); err != nil || n != 2 {
+	if n, err := srv.Store.Count(t.Context()); err != nil || n != 2 {
 		t.Fatalf("pets in the store: %d %v, want 2", n, err)
 	}
 }
