@@ -2,8 +2,9 @@ package syncsvc
 
 import (
 	"io"
-	"net"
 	"testing"
+
+	"github.com/petmesh/petmesh/internal/testutil"
 )
 
 // TestListenDefaults: with no flag and no variable set, both listeners
@@ -22,12 +23,7 @@ func TestListenDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for flag, addr := range map[string]string{"-addr": c.Addr, "-admin-addr": c.AdminAddr} {
-		host, _, err := net.SplitHostPort(addr)
-		if err != nil || !net.ParseIP(host).IsLoopback() {
-			t.Errorf("%s defaults to %q, want a loopback address", flag, addr)
-		}
-	}
+	testutil.WantLoopback(t, map[string]string{"-addr": c.Addr, "-admin-addr": c.AdminAddr})
 	if c.Addr != "127.0.0.1:7002" {
 		t.Errorf("-addr defaults to %q, want 127.0.0.1:7002 (the documented port)", c.Addr)
 	}
