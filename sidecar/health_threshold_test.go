@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,11 +13,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/internal/httpx"
@@ -183,10 +177,7 @@ func TestHealthThresholds(t *testing.T) {
 // so the registry API, traced with the default parent-based sampler, records
 // no span for them, while it does for a call without a trace context.
 func TestHeartbeatsAreNotTraced(t *testing.T) {
-	rec := tracetest.NewSpanRecorder()
-	tel := telemetry.NewTest(io.Discard)
-	tel.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)) // parentbased_always_on
-	tel.MeterProvider = metricnoop.NewMeterProvider()
+	tel, rec := recordingTelemetry()
 	var mu sync.Mutex
 	var seen []string
 	_, regSrv := startRegistry(t, func(next http.Handler) http.Handler {
@@ -226,10 +217,7 @@ func TestHeartbeatsAreNotTraced(t *testing.T) {
 		t.Fatalf("%d registry calls, want 4 (register, then a heartbeat per report)", len(calls))
 	}
 	for i, tp := range calls {
-		sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), propagation.HeaderCarrier{"Traceparent": []string{tp}}))
-		if !sc.IsValid() || sc.IsSampled() {
-			t.Errorf("registry call %d traceparent %q: valid %v sampled %v, want a valid, unsampled context", i, tp, sc.IsValid(), sc.IsSampled())
-		}
+		wantUnsampled(t, fmt.Sprintf("registry call %d", i), tp)
 		if i > 0 && tp == calls[i-1] {
 			t.Errorf("registry calls %d and %d share the traceparent %q", i-1, i, tp)
 		}

@@ -23,15 +23,33 @@ import (
 	"github.com/petmesh/petmesh/internal/testutil"
 )
 
+// recordingTelemetry is test telemetry whose spans rec records, sampled
+// as an app's are by default (parent-based, always on), its metrics
+// discarded.
+func recordingTelemetry() (tel *telemetry.Telemetry, rec *tracetest.SpanRecorder) {
+	rec = tracetest.NewSpanRecorder()
+	tel = telemetry.NewTest(io.Discard)
+	tel.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)) // parentbased_always_on
+	tel.MeterProvider = metricnoop.NewMeterProvider()
+	return tel, rec
+}
+
+// wantUnsampled fails the test unless traceparent, sent on the request
+// what names, is a valid W3C trace context with the sampled flag off.
+func wantUnsampled(t *testing.T, what, traceparent string) {
+	t.Helper()
+	sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), propagation.HeaderCarrier{"Traceparent": []string{traceparent}}))
+	if !sc.IsValid() || sc.IsSampled() {
+		t.Errorf("%s traceparent %q: valid %v sampled %v, want a valid, unsampled context", what, traceparent, sc.IsValid(), sc.IsSampled())
+	}
+}
+
 // TestHealthProbeIsNotTraced: the app health probe carries a valid W3C
 // trace context with the sampled flag off, so an app traced with the
 // default parent-based sampler records no span for it, while it does for
 // a request without a trace context.
 func TestHealthProbeIsNotTraced(t *testing.T) {
-	rec := tracetest.NewSpanRecorder()
-	tel := telemetry.NewTest(io.Discard)
-	tel.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)) // parentbased_always_on
-	tel.MeterProvider = metricnoop.NewMeterProvider()
+	tel, rec := recordingTelemetry()
 	headers := make(chan http.Header, 4)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
@@ -51,10 +69,7 @@ func TestHealthProbeIsNotTraced(t *testing.T) {
 		t.Fatalf("probe: %s %s", h, out)
 	}
 	hdr := <-headers
-	sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), propagation.HeaderCarrier(hdr)))
-	if !sc.IsValid() || sc.IsSampled() {
-		t.Errorf("probe traceparent %q: valid %v sampled %v, want a valid, unsampled context", hdr.Get("traceparent"), sc.IsValid(), sc.IsSampled())
-	}
+	wantUnsampled(t, "probe", hdr.Get("traceparent"))
 
 	// The control: the same app traces a request that has no context. Its
 	// span is then the only one: none for the probe before it.
