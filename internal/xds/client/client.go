@@ -457,23 +457,14 @@ func replaceType(s *Snapshot, t string, res []*anypb.Any) error {
 	return nil
 }
 
+// decodeAll decodes the resources of a state-of-the-world response of
+// type t into a map by name, refusing duplicate names.
 func decodeAll[M proto.Message](res []*anypb.Any, t string, name func(M) string) (map[string]M, error) {
 	out := make(map[string]M, len(res))
 	for i, a := range res {
-		if a.GetTypeUrl() != t {
-			return nil, fmt.Errorf("%s resource %d: type %q in a %s response", shortType(t), i, a.GetTypeUrl(), shortType(t))
-		}
-		msg, err := a.UnmarshalNew()
+		m, n, err := decodeResource(a, t, i, name)
 		if err != nil {
-			return nil, fmt.Errorf("%s resource %d: decode: %w", shortType(t), i, err)
-		}
-		m, ok := msg.(M)
-		if !ok {
-			return nil, fmt.Errorf("%s resource %d: unexpected message %T", shortType(t), i, msg)
-		}
-		n := name(m)
-		if n == "" {
-			return nil, fmt.Errorf("%s resource %d: empty name", shortType(t), i)
+			return nil, err
 		}
 		if _, dup := out[n]; dup {
 			return nil, fmt.Errorf("%s %q: duplicate resource name", shortType(t), n)
@@ -481,6 +472,30 @@ func decodeAll[M proto.Message](res []*anypb.Any, t string, name func(M) string)
 		out[n] = m
 	}
 	return out, nil
+}
+
+// decodeResource decodes a, the resource at index i of a response of type
+// t, and returns it with its name: a resource of another type, one that
+// does not decode to M, or one without a name is an error. Both the
+// state-of-the-world and the delta variant check each resource here.
+func decodeResource[M proto.Message](a *anypb.Any, t string, i int, name func(M) string) (M, string, error) {
+	var zero M
+	if a.GetTypeUrl() != t {
+		return zero, "", fmt.Errorf("%s resource %d: type %q in a %s response", shortType(t), i, a.GetTypeUrl(), shortType(t))
+	}
+	msg, err := a.UnmarshalNew()
+	if err != nil {
+		return zero, "", fmt.Errorf("%s resource %d: decode: %w", shortType(t), i, err)
+	}
+	m, ok := msg.(M)
+	if !ok {
+		return zero, "", fmt.Errorf("%s resource %d: unexpected message %T", shortType(t), i, msg)
+	}
+	n := name(m)
+	if n == "" {
+		return zero, "", fmt.Errorf("%s resource %d: empty name", shortType(t), i)
+	}
+	return m, n, nil
 }
 
 // RouteNames returns the sorted route configuration names that the

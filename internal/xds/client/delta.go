@@ -236,20 +236,9 @@ func mergeAll[M proto.Message](cur map[string]M, res []*discovery.Resource, remo
 		if a == nil {
 			return nil, fmt.Errorf("%s resource %d (%q): no resource (a delta response names removals in removed_resources)", shortType(t), i, r.GetName())
 		}
-		if a.GetTypeUrl() != t {
-			return nil, fmt.Errorf("%s resource %d: type %q in a %s response", shortType(t), i, a.GetTypeUrl(), shortType(t))
-		}
-		msg, err := a.UnmarshalNew()
+		m, n, err := decodeResource(a, t, i, name)
 		if err != nil {
-			return nil, fmt.Errorf("%s resource %d: decode: %w", shortType(t), i, err)
-		}
-		m, ok := msg.(M)
-		if !ok {
-			return nil, fmt.Errorf("%s resource %d: unexpected message %T", shortType(t), i, msg)
-		}
-		n := name(m)
-		if n == "" {
-			return nil, fmt.Errorf("%s resource %d: empty name", shortType(t), i)
+			return nil, err
 		}
 		if r.GetName() != "" && r.GetName() != n {
 			return nil, fmt.Errorf("%s %q: the delta resource is named %q", shortType(t), n, r.GetName())
