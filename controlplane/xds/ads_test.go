@@ -23,6 +23,7 @@ import (
 	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/controlplane/routes"
 	"github.com/petmesh/petmesh/controlplane/xds"
+	"github.com/petmesh/petmesh/controlplane/xds/xdstest"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/xds/client"
 	"github.com/petmesh/petmesh/internal/xds/resource"
@@ -171,7 +172,7 @@ func referenced(t *testing.T, r *discovery.DiscoveryResponse) []string {
 // syncSotw subscribes like Envoy (CDS and LDS wildcard, then EDS and RDS
 // by the names they reference), ACKs everything and returns the last
 // response of each type once the proxy's status is synced.
-func syncSotw(t *testing.T, h *harness, c *sotwClient, id string) map[string]*discovery.DiscoveryResponse {
+func syncSotw(t *testing.T, h *xdstest.ControlPlane, c *sotwClient, id string) map[string]*discovery.DiscoveryResponse {
 	t.Helper()
 	c.send(resource.ClusterType, "", "", "")
 	c.send(resource.ListenerType, "", "", "")
@@ -193,7 +194,7 @@ func syncSotw(t *testing.T, h *harness, c *sotwClient, id string) map[string]*di
 			t.Fatalf("stream ended: %v", err)
 		case <-time.After(20 * time.Millisecond): // then poll the status
 		}
-		if st, ok := h.srv.Proxy(id); ok && st.Synced && len(st.Types) == 4 && len(last) == 4 {
+		if st, ok := h.Server.Proxy(id); ok && st.Synced && len(st.Types) == 4 && len(last) == 4 {
 			return last
 		}
 		if time.Now().After(deadline) {
@@ -228,12 +229,12 @@ func nonce(last map[string]*discovery.DiscoveryResponse, t string) string {
 }
 
 func TestADSStateOfTheWorld(t *testing.T) {
-	h := newHarness(t, xds.Options{})
+	h := xdstest.Start(t, xdstest.Options{})
 	ctx := tu.Context(t)
-	node := edgeNode("raw")
+	node := xdstest.EdgeNode("raw")
 
 	t.Run("wildcard and named requests are answered at once, unknown names skipped", func(t *testing.T) {
-		c := newSotw(t, h.addr, node)
+		c := newSotw(t, h.Addr(), node)
 		c.send(resource.ClusterType, "", "", "")
 		cds := c.next()
 		if cds.GetTypeUrl() != resource.ClusterType || len(cds.GetResources()) < 3 || cds.GetNonce() == "" {
@@ -263,15 +264,15 @@ func TestADSStateOfTheWorld(t *testing.T) {
 	})
 
 	t.Run("a change is sent in ADS order; a type with a newer version than in flight holds back the later ones", func(t *testing.T) {
-		c := newSotw(t, h.addr, node)
+		c := newSotw(t, h.Addr(), node)
 		last := syncSotw(t, h, c, node.GetId())
 		put := func(change func(tb *routes.Table) *routes.Table) {
 			t.Helper()
-			cur, err := h.store.Current(ctx)
+			cur, err := h.Store.Current(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := h.store.Put(ctx, cur.Number, change(cur.Table), "alice", "test"); err != nil {
+			if _, err := h.Store.Put(ctx, cur.Number, change(cur.Table), "alice", "test"); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -313,7 +314,7 @@ func TestADSStateOfTheWorld(t *testing.T) {
 			return out
 		})
 		tu.Eventually(t, 5*time.Second, func() error {
-			st, _ := h.srv.Proxy(node.GetId())
+			st, _ := h.Server.Proxy(node.GetId())
 			for _, ts := range st.Types {
 				if ts.Type == "route" && ts.Latest != r.GetVersionInfo() && ts.Latest != resps[resource.RouteType].GetVersionInfo() && ts.Sent != ts.Latest {
 					return nil
@@ -336,10 +337,10 @@ func TestADSStateOfTheWorld(t *testing.T) {
 	})
 
 	t.Run("a NACKed version is not resent; the next one is", func(t *testing.T) {
-		c := newSotw(t, h.addr, node)
+		c := newSotw(t, h.Addr(), node)
 		last := syncSotw(t, h, c, node.GetId())
 		eds := last[resource.EndpointType]
-		if err := h.reg.Register(ctx, registry.Registration{Service: "stats", ID: "stats-9", Address: "127.0.0.1", Port: 9009, TTL: time.Hour}); err != nil {
+		if err := h.Registry.Register(ctx, registry.Registration{Service: "stats", ID: "stats-9", Address: "127.0.0.1", Port: 9009, TTL: time.Hour}); err != nil {
 			t.Fatal(err)
 		}
 		r := c.next()
@@ -348,7 +349,7 @@ func TestADSStateOfTheWorld(t *testing.T) {
 		}
 		c.send(resource.EndpointType, eds.GetVersionInfo(), r.GetNonce(), "stats-9 is not welcome", referenced(t, last[resource.ClusterType])...)
 		tu.Eventually(t, 5*time.Second, func() error {
-			st, _ := h.srv.Proxy(node.GetId())
+			st, _ := h.Server.Proxy(node.GetId())
 			for _, ts := range st.Types {
 				if ts.Type == "endpoint" && ts.LastNack != nil && ts.LastNack.Version == r.GetVersionInfo() && strings.Contains(ts.LastNack.Message, "not welcome") && !st.Synced {
 					return nil
@@ -357,7 +358,7 @@ func TestADSStateOfTheWorld(t *testing.T) {
 			return fmt.Errorf("NACK not recorded: %+v", st.Types)
 		})
 		c.quiet(300 * time.Millisecond)
-		if err := h.reg.Deregister(ctx, "stats-9"); err != nil {
+		if err := h.Registry.Deregister(ctx, "stats-9"); err != nil {
 			t.Fatal(err)
 		}
 		r2 := c.next()
@@ -367,10 +368,10 @@ func TestADSStateOfTheWorld(t *testing.T) {
 	})
 
 	t.Run("a reconnecting proxy at the current version is sent it again", func(t *testing.T) {
-		c := newSotw(t, h.addr, node)
+		c := newSotw(t, h.Addr(), node)
 		last := syncSotw(t, h, c, node.GetId())
 		c.cancel()
-		c2 := newSotw(t, h.addr, node)
+		c2 := newSotw(t, h.Addr(), node)
 		c2.send(resource.ClusterType, version(last, resource.ClusterType), "", "")
 		if r := c2.next(); r.GetVersionInfo() != version(last, resource.ClusterType) || len(r.GetResources()) == 0 {
 			t.Fatalf("resync: %s %d resources", r.GetVersionInfo(), len(r.GetResources()))
@@ -378,12 +379,12 @@ func TestADSStateOfTheWorld(t *testing.T) {
 	})
 
 	t.Run("bad first requests end the stream", func(t *testing.T) {
-		c := newSotw(t, h.addr, &core.Node{})
+		c := newSotw(t, h.Addr(), &core.Node{})
 		c.send(resource.ClusterType, "", "", "")
 		if err := <-c.errc; status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "node.id") {
 			t.Fatalf("without a node id: %v", err)
 		}
-		c = newSotw(t, h.addr, edgeNode("typeless"))
+		c = newSotw(t, h.Addr(), xdstest.EdgeNode("typeless"))
 		c.send("", "", "", "")
 		if err := <-c.errc; status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "type_url") {
 			t.Fatalf("without a type: %v", err)
@@ -476,11 +477,11 @@ func deltaNames(r *discovery.DeltaDiscoveryResponse) []string {
 // removals by name, nothing for a NACKed version, and nothing to a
 // reconnecting proxy that already holds every resource.
 func TestADSDelta(t *testing.T) {
-	h := newHarness(t, xds.Options{})
+	h := xdstest.Start(t, xdstest.Options{})
 	ctx := tu.Context(t)
 	node := sidecarNode("pets", "delta-1")
 	id := node.GetId()
-	c := newDelta(t, h.addr, node)
+	c := newDelta(t, h.Addr(), node)
 
 	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType})
 	cds := c.next()
@@ -512,19 +513,19 @@ func TestADSDelta(t *testing.T) {
 	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.RouteType, ResourceNamesSubscribe: routeNames})
 	c.ack(c.next())
 	tu.Eventually(t, 5*time.Second, func() error {
-		if st, _ := h.srv.Proxy(id); !st.Synced || len(st.Types) != 4 {
+		if st, _ := h.Server.Proxy(id); !st.Synced || len(st.Types) != 4 {
 			return fmt.Errorf("not synced: %+v", st.Types)
 		}
 		return nil
 	})
 	versions := func() map[string]string {
-		st, _ := h.srv.Proxy(id)
+		st, _ := h.Server.Proxy(id)
 		return vmap(st)
 	}
 	before := versions()
 
 	// One endpoint change: one load assignment, nothing else.
-	if err := h.reg.Register(ctx, registry.Registration{Service: "stats", ID: "stats-1", Address: "127.0.0.1", Port: 9301, TTL: time.Hour}); err != nil {
+	if err := h.Registry.Register(ctx, registry.Registration{Service: "stats", ID: "stats-1", Address: "127.0.0.1", Port: 9301, TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	r := c.next()
@@ -534,7 +535,7 @@ func TestADSDelta(t *testing.T) {
 	c.ack(r)
 	c.quiet(300 * time.Millisecond)
 	tu.Eventually(t, 5*time.Second, func() error {
-		st, _ := h.srv.Proxy(id)
+		st, _ := h.Server.Proxy(id)
 		if !st.Synced || vmap(st)["endpoint"] == before["endpoint"] {
 			return fmt.Errorf("endpoint ACK not recorded: %+v", st.Types)
 		}
@@ -547,14 +548,14 @@ func TestADSDelta(t *testing.T) {
 	})
 
 	// A NACK: the version is not resent; the next change is.
-	if err := h.reg.Register(ctx, registry.Registration{Service: "stats", ID: "stats-2", Address: "127.0.0.1", Port: 9302, TTL: time.Hour}); err != nil {
+	if err := h.Registry.Register(ctx, registry.Registration{Service: "stats", ID: "stats-2", Address: "127.0.0.1", Port: 9302, TTL: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	r = c.next()
 	c.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResponseNonce: r.GetNonce(), ErrorDetail: &rpcstatus.Status{Code: 3, Message: "no thanks"}})
 	c.quiet(300 * time.Millisecond)
 	tu.Eventually(t, 5*time.Second, func() error {
-		st, _ := h.srv.Proxy(id)
+		st, _ := h.Server.Proxy(id)
 		for _, ts := range st.Types {
 			if ts.Type == "endpoint" && ts.LastNack != nil && ts.LastNack.Message == "no thanks" && ts.LastNack.Version == r.GetSystemVersionInfo() && !st.Synced {
 				return nil
@@ -562,7 +563,7 @@ func TestADSDelta(t *testing.T) {
 		}
 		return fmt.Errorf("NACK not recorded: %+v", st.Types)
 	})
-	if err := h.reg.Deregister(ctx, "stats-2"); err != nil {
+	if err := h.Registry.Deregister(ctx, "stats-2"); err != nil {
 		t.Fatal(err)
 	}
 	// stats-2 never reached the client: the assignment it holds (stats-1
@@ -570,7 +571,7 @@ func TestADSDelta(t *testing.T) {
 	// nothing to send.
 	c.quiet(300 * time.Millisecond)
 	tu.Eventually(t, 5*time.Second, func() error {
-		if st, _ := h.srv.Proxy(id); !st.Synced {
+		if st, _ := h.Server.Proxy(id); !st.Synced {
 			return fmt.Errorf("not synced after the change undoing the NACKed one: %+v", st.Types)
 		}
 		return nil
@@ -578,7 +579,7 @@ func TestADSDelta(t *testing.T) {
 
 	// A service removed from the table: its cluster and assignment are
 	// removed by name.
-	cur, err := h.store.Current(ctx)
+	cur, err := h.Store.Current(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -590,7 +591,7 @@ func TestADSDelta(t *testing.T) {
 		}
 	}
 	delete(tb.Services, "sync")
-	if _, err := h.store.Put(ctx, cur.Number, tb, "alice", "no sync"); err != nil {
+	if _, err := h.Store.Put(ctx, cur.Number, tb, "alice", "no sync"); err != nil {
 		t.Fatal(err)
 	}
 	r = c.next()
@@ -610,7 +611,7 @@ func TestADSDelta(t *testing.T) {
 		}
 	}
 	tu.Eventually(t, 5*time.Second, func() error {
-		if st, _ := h.srv.Proxy(id); !st.Synced {
+		if st, _ := h.Server.Proxy(id); !st.Synced {
 			return fmt.Errorf("not synced: %+v", st.Types)
 		}
 		return nil
@@ -618,7 +619,7 @@ func TestADSDelta(t *testing.T) {
 
 	// A reconnect with every resource it holds: nothing to send, synced.
 	held := map[string]map[string]string{}
-	c2 := newDelta(t, h.addr, node)
+	c2 := newDelta(t, h.Addr(), node)
 	for _, typ := range []string{resource.ClusterType, resource.ListenerType} {
 		c2.send(&discovery.DeltaDiscoveryRequest{TypeUrl: typ})
 		r := c2.next()
@@ -628,11 +629,11 @@ func TestADSDelta(t *testing.T) {
 			held[typ][res.GetName()] = res.GetVersion()
 		}
 	}
-	c3 := newDelta(t, h.addr, sidecarNode("pets", "delta-1"))
+	c3 := newDelta(t, h.Addr(), sidecarNode("pets", "delta-1"))
 	c3.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, InitialResourceVersions: held[resource.ClusterType]})
 	c3.quiet(300 * time.Millisecond)
 	held[resource.ClusterType]["pets"] = "stale"
-	c4 := newDelta(t, h.addr, sidecarNode("pets", "delta-1"))
+	c4 := newDelta(t, h.Addr(), sidecarNode("pets", "delta-1"))
 	c4.send(&discovery.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, InitialResourceVersions: held[resource.ClusterType]})
 	if r := c4.next(); !slices.Equal(deltaNames(r), []string{"pets"}) {
 		t.Fatalf("reconnect with one stale cluster: %v", deltaNames(r))

@@ -2,12 +2,9 @@ package xds_test
 
 import (
 	"context"
-	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,11 +17,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/petmesh/petmesh/controlplane/registry"
-	"github.com/petmesh/petmesh/controlplane/routes"
-	"github.com/petmesh/petmesh/controlplane/store"
 	"github.com/petmesh/petmesh/controlplane/xds"
-	tu "github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/controlplane/xds/xdstest"
 )
 
 func TestParseTokens(t *testing.T) {
@@ -130,82 +124,9 @@ func TestTokenAuthAuthorize(t *testing.T) {
 	if err := a.Authorize(ctxWith("Bearer " + tokB)); err != nil {
 		t.Fatalf("an invalid file dropped the tokens: %v", err)
 	}
-	if got := counterValue(t, reg, "petmesh_xds_auth_failures_total", "invalid"); got < 4 {
+	if got := sample(t, reg, "petmesh_xds_auth_failures_total", "invalid"); got < 4 {
 		t.Errorf("auth failures {reason=invalid} = %v, want at least 4", got)
 	}
-}
-
-// counterValue is the value of reg's counter name{reason}.
-func counterValue(t *testing.T, reg *prometheus.Registry, name, reason string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "reason" && lp.GetValue() == reason {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("%s{reason=%q} not found", name, reason)
-	return 0
-}
-
-// newHarnessServe is newHarness with gRPC server options for Serve.
-func newHarnessServe(t *testing.T, opts ...grpc.ServerOption) *harness {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := store.OpenFile(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Put(ctx, 0, routes.Default(), "test", "seed"); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := registry.NewMemory(registry.MemoryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := xds.New(xds.Options{Tables: st, Registry: reg, Translate: translateOpts,
-		QuietPeriod: 20 * time.Millisecond, MaxDelay: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = reg.Run(ctx) })
-	wg.Go(func() {
-		if err := srv.Run(ctx); err != nil {
-			t.Error(err)
-		}
-	})
-	wg.Go(func() {
-		if err := srv.Serve(ctx, ln, opts...); err != nil {
-			t.Error(err)
-		}
-	})
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		_ = st.Close()
-	})
-	tu.Eventually(t, 5*time.Second, func() error {
-		if !srv.Ready() {
-			return errors.New("not ready")
-		}
-		return nil
-	})
-	return &harness{srv: srv, store: st, reg: reg, addr: ln.Addr().String()}
 }
 
 func TestNewTokenAuthErrors(t *testing.T) {
@@ -239,8 +160,8 @@ func TestAuthInterceptorOnServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newHarnessServe(t, a.ServerOptions()...)
-	conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	h := xdstest.Start(t, xdstest.Options{ServeOptions: a.ServerOptions()})
+	conn, err := grpc.NewClient(h.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +184,7 @@ func TestAuthInterceptorOnServe(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := st.Send(&discovery.DiscoveryRequest{Node: edgeNode("raw"), TypeUrl: resourcev3.ClusterType}); err != nil && tc.code == codes.OK {
+			if err := st.Send(&discovery.DiscoveryRequest{Node: xdstest.EdgeNode("raw"), TypeUrl: resourcev3.ClusterType}); err != nil && tc.code == codes.OK {
 				t.Fatal(err)
 			}
 			resp, err := st.Recv()

@@ -27,6 +27,7 @@ import (
 	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/controlplane/routes"
 	"github.com/petmesh/petmesh/controlplane/xds"
+	"github.com/petmesh/petmesh/controlplane/xds/xdstest"
 	"github.com/petmesh/petmesh/internal/xds/client"
 	"github.com/petmesh/petmesh/internal/xds/resource"
 )
@@ -332,26 +333,26 @@ type latencies struct{ sent, ack, recv []time.Duration }
 // benchFleet starts a server with opts and n simulated proxies (mode
 // inproc or process), waits until all are synced and returns the heap
 // growth per proxy in KB.
-func benchFleet(b *testing.B, n int, mode string, opts xds.Options) (h *harness, proxies []*simProxy, childPID int, perProxy float64) {
+func benchFleet(b *testing.B, n int, mode string, opts xds.Options) (h *xdstest.ControlPlane, proxies []*simProxy, childPID int, perProxy float64) {
 	b.Helper()
-	h = newHarness(b, opts)
+	h = xdstest.Start(b, xdstest.Options{Server: opts})
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	switch mode {
 	case "inproc":
-		ps, stop, err := simFleet(context.Background(), h.addr, n)
+		ps, stop, err := simFleet(context.Background(), h.Addr(), n)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(stop)
 		proxies = ps
 	case "process":
-		childPID = clientProcess(b, h.addr, n).Process.Pid
+		childPID = clientProcess(b, h.Addr(), n).Process.Pid
 	default:
 		b.Fatalf("mode %q", mode)
 	}
-	waitSynced(b, h.srv, n)
+	waitSynced(b, h.Server, n)
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	return h, proxies, childPID, float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n) / 1024
@@ -397,9 +398,9 @@ type changeStats struct {
 // change makes the i-th pair of isolated changes (a route's timeout
 // through the store, then an instance registered) and waits until every
 // proxy has ACKed each.
-func (s *changeStats) change(b *testing.B, h *harness, proxies []*simProxy, i int) {
+func (s *changeStats) change(b *testing.B, h *xdstest.ControlPlane, proxies []*simProxy, i int) {
 	ctx := context.Background()
-	cur, err := h.store.Current(ctx)
+	cur, err := h.Store.Current(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -408,22 +409,22 @@ func (s *changeStats) change(b *testing.B, h *harness, proxies []*simProxy, i in
 	// Changes closer together than the busy quiet period are a burst
 	// and wait for it (BenchmarkEndpointFlap); these are isolated.
 	time.Sleep(xds.DefaultBusyQuietPeriod)
-	prev := latestVersions(h.srv, resource.RouteType)
+	prev := latestVersions(h.Server, resource.RouteType)
 	put := time.Now()
-	if _, err := h.store.Put(ctx, cur.Number, t, "bench", "timeout"); err != nil {
+	if _, err := h.Store.Put(ctx, cur.Number, t, "bench", "timeout"); err != nil {
 		b.Fatal(err)
 	}
 	start := time.Now() // accepted: stored durably
 	s.puts = append(s.puts, start.Sub(put))
-	s.route.add(b, h.srv, proxies, resource.RouteType, prev, start)
+	s.route.add(b, h.Server, proxies, resource.RouteType, prev, start)
 
 	time.Sleep(xds.DefaultBusyQuietPeriod)
-	prev = latestVersions(h.srv, resource.EndpointType)
+	prev = latestVersions(h.Server, resource.EndpointType)
 	start = time.Now()
-	if err := h.reg.Register(ctx, registry.Registration{Service: "pets", ID: fmt.Sprintf("pets-%d", i), Address: "127.0.0.1", Port: 20000 + i, Version: "v1", TTL: time.Hour}); err != nil {
+	if err := h.Registry.Register(ctx, registry.Registration{Service: "pets", ID: fmt.Sprintf("pets-%d", i), Address: "127.0.0.1", Port: 20000 + i, Version: "v1", TTL: time.Hour}); err != nil {
 		b.Fatal(err)
 	}
-	s.ep.add(b, h.srv, proxies, resource.EndpointType, prev, start)
+	s.ep.add(b, h.Server, proxies, resource.EndpointType, prev, start)
 	s.changes += 2
 }
 
@@ -473,12 +474,12 @@ func BenchmarkScale(b *testing.B) {
 }
 
 func benchScale(b *testing.B, n, endpoints int) {
-	h := newHarness(b, xds.Options{QuietPeriod: xds.DefaultQuietPeriod, BusyQuietPeriod: xds.DefaultBusyQuietPeriod, MaxDelay: xds.DefaultMaxDelay})
+	h := xdstest.Start(b, xdstest.Options{Server: xds.Options{QuietPeriod: xds.DefaultQuietPeriod, BusyQuietPeriod: xds.DefaultBusyQuietPeriod, MaxDelay: xds.DefaultMaxDelay}})
 	ctx := context.Background()
 	svcs := []string{"pets", "stats", "sync"}
 	for i := range endpoints {
 		svc := svcs[i%len(svcs)]
-		err := h.reg.Register(ctx, registry.Registration{
+		err := h.Registry.Register(ctx, registry.Registration{
 			Service: svc, ID: fmt.Sprintf("%s-pre-%d", svc, i), Address: fmt.Sprintf("127.%d.%d.%d", 1+i>>16&255, i>>8&255, i&255), // never dialled
 			Port: 9001, Version: "v1", TTL: time.Hour,
 		})
@@ -488,8 +489,8 @@ func benchScale(b *testing.B, n, endpoints int) {
 	}
 	runtime.GC()
 	cpu0, t0 := cpuTime(), time.Now()
-	child := clientProcess(b, h.addr, n).Process.Pid
-	waitSynced(b, h.srv, n)
+	child := clientProcess(b, h.Addr(), n).Process.Pid
+	waitSynced(b, h.Server, n)
 	syncWall, syncCPU := time.Since(t0), cpuTime()-cpu0
 	runtime.GC()
 	var mem runtime.MemStats
@@ -591,9 +592,9 @@ func benchFlap(b *testing.B, n int, gap, span time.Duration, opts xds.Options) {
 		for time.Now().Before(end) {
 			var err error
 			if up {
-				err = h.reg.Deregister(ctx, id)
+				err = h.Registry.Deregister(ctx, id)
 			} else {
-				err = h.reg.Register(ctx, registry.Registration{Service: "pets", ID: id, Address: "127.0.0.1", Port: 30000 + i, Version: "v1", TTL: time.Hour})
+				err = h.Registry.Register(ctx, registry.Registration{Service: "pets", ID: id, Address: "127.0.0.1", Port: 30000 + i, Version: "v1", TTL: time.Hour})
 			}
 			if err != nil {
 				b.Fatal(err)
@@ -603,13 +604,13 @@ func benchFlap(b *testing.B, n int, gap, span time.Duration, opts xds.Options) {
 		}
 		tick.Stop()
 		if up { // end registered: the final state differs from the first
-			if err := h.reg.Deregister(ctx, id); err != nil {
+			if err := h.Registry.Deregister(ctx, id); err != nil {
 				b.Fatal(err)
 			}
 		}
 		// Let the last pending rebuild run and every proxy ACK it.
 		time.Sleep(xds.DefaultMaxDelay + 100*time.Millisecond) // the debounce's longest wait
-		waitSynced(b, h.srv, n)
+		waitSynced(b, h.Server, n)
 		rebuilds += counter(b, h, "petmesh_controlplane_rebuilds_total") - r0
 		published += counter(b, h, "petmesh_controlplane_snapshots_published_total") - p0
 		cpu += cpuTime() - c0
@@ -625,9 +626,9 @@ func benchFlap(b *testing.B, n int, gap, span time.Duration, opts xds.Options) {
 }
 
 // counter reads an unlabelled counter of the server's registry.
-func counter(b *testing.B, h *harness, name string) int64 {
+func counter(b *testing.B, h *xdstest.ControlPlane, name string) int64 {
 	b.Helper()
-	mfs, err := h.prom.Gather()
+	mfs, err := h.Metrics.Gather()
 	if err != nil {
 		b.Fatal(err)
 	}

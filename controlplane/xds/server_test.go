@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -19,90 +18,12 @@ import (
 
 	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/controlplane/routes"
-	"github.com/petmesh/petmesh/controlplane/store"
-	"github.com/petmesh/petmesh/controlplane/translate"
 	"github.com/petmesh/petmesh/controlplane/xds"
+	"github.com/petmesh/petmesh/controlplane/xds/xdstest"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/xds/client"
 	"github.com/petmesh/petmesh/internal/xds/resource"
 )
-
-var translateOpts = translate.Options{
-	JWTProviders: []translate.JWTProvider{{
-		Name: "petmesh", Issuer: "petmesh-edge", Audiences: []string{"petmesh"},
-		JWKSURI: "http://127.0.0.1:8080/.well-known/jwks.json",
-	}},
-	EdgeLocalAddress: "127.0.0.1:8080",
-}
-
-type harness struct {
-	srv   *xds.Server
-	store *store.FileStore
-	reg   *registry.Memory
-	addr  string
-	prom  *prometheus.Registry
-}
-
-func newHarness(t testing.TB, opts xds.Options) *harness {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := store.OpenFile(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Put(ctx, 0, routes.Default(), "test", "seed"); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := registry.NewMemory(registry.MemoryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	prom := prometheus.NewRegistry()
-	opts.Tables, opts.Registry, opts.Registerer = st, reg, prom
-	if opts.Translate.JWTProviders == nil {
-		opts.Translate = translateOpts
-	}
-	if opts.QuietPeriod == 0 && opts.MaxDelay == 0 {
-		opts.QuietPeriod = 20 * time.Millisecond
-		opts.MaxDelay = 200 * time.Millisecond
-	}
-	srv, err := xds.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := reg.Run(ctx); err != nil {
-			t.Error(err)
-		}
-	})
-	wg.Go(func() {
-		if err := srv.Run(ctx); err != nil {
-			t.Error(err)
-		}
-	})
-	wg.Go(func() {
-		if err := srv.Serve(ctx, ln); err != nil {
-			t.Error(err)
-		}
-	})
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		_ = st.Close()
-	})
-	tu.Eventually(t, 5*time.Second, func() error {
-		if !srv.Ready() {
-			return errors.New("not ready")
-		}
-		return nil
-	})
-	return &harness{srv: srv, store: st, reg: reg, addr: ln.Addr().String(), prom: prom}
-}
 
 type proxy struct {
 	c      *client.Client
@@ -120,7 +41,7 @@ func (p *proxy) setReject(f func(*client.Snapshot) error) {
 func startProxy(t testing.TB, addr string, n *core.Node) *proxy {
 	t.Helper()
 	p := &proxy{}
-	c, err := client.New(client.Config{
+	p.c = xdstest.StartClient(t, client.Config{
 		Server: addr, Node: n,
 		Apply: func(_ context.Context, s *client.Snapshot) error {
 			p.mu.Lock()
@@ -134,53 +55,13 @@ func startProxy(t testing.TB, addr string, n *core.Node) *proxy {
 		BackoffMin:  20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.c = c
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = c.Run(ctx)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
 	return p
-}
-
-func edgeNode(inst string) *core.Node {
-	return &core.Node{Id: resource.EdgeNodeID(inst), Metadata: resource.NodeMeta{ListenPort: 8080}.Struct()}
 }
 
 func sidecarNode(svc, inst string) *core.Node {
 	return &core.Node{Id: resource.SidecarNodeID(svc, inst), Metadata: resource.NodeMeta{
 		Service: svc, Version: "v1", InboundPort: 15001, OutboundPort: 15002, AppPort: 9001,
 	}.Struct()}
-}
-
-// synced waits until the proxy's status shows every type ACKed at its
-// latest version and the client holds those versions.
-func synced(t testing.TB, srv *xds.Server, p *proxy, id string) xds.ProxyStatus {
-	t.Helper()
-	var st xds.ProxyStatus
-	tu.Eventually(t, 10*time.Second, func() error {
-		var ok bool
-		st, ok = srv.Proxy(id)
-		if !ok {
-			return fmt.Errorf("%s unknown", id)
-		}
-		if !st.Synced || len(st.Types) != 4 {
-			return fmt.Errorf("%s not synced: %+v", id, st.Types)
-		}
-		v := p.c.Versions()
-		for _, ts := range st.Types {
-			if v[ts.TypeURL] != ts.Latest {
-				return fmt.Errorf("%s: client has %s %q, latest %q", id, ts.Type, v[ts.TypeURL], ts.Latest)
-			}
-		}
-		return nil
-	})
-	return st
 }
 
 func versions(st xds.ProxyStatus) map[string]string {
@@ -192,17 +73,17 @@ func versions(st xds.ProxyStatus) map[string]string {
 }
 
 func TestServerPushesAndTracksStatus(t *testing.T) {
-	h := newHarness(t, xds.Options{})
+	h := xdstest.Start(t, xdstest.Options{})
 	ctx := tu.Context(t)
-	edge := startProxy(t, h.addr, edgeNode("e1"))
-	pets := startProxy(t, h.addr, sidecarNode("pets", "pets-1"))
-	e0 := synced(t, h.srv, edge, "edge~e1")
-	p0 := synced(t, h.srv, pets, "sidecar~pets~pets-1")
+	edge := startProxy(t, h.Addr(), xdstest.EdgeNode("e1"))
+	pets := startProxy(t, h.Addr(), sidecarNode("pets", "pets-1"))
+	e0 := xdstest.Synced(t, h.Server, edge.c, "edge~e1")
+	p0 := xdstest.Synced(t, h.Server, pets.c, "sidecar~pets~pets-1")
 
 	// Before any change, every type's convergence histogram is exposed
 	// at 0: rate() over it can then see the first change (a series born
 	// at its first observation hides it).
-	mfs, err := h.prom.Gather()
+	mfs, err := h.Metrics.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,17 +106,17 @@ func TestServerPushesAndTracksStatus(t *testing.T) {
 	if e0.Kind != "edge" || p0.Kind != "sidecar" || p0.Service != "pets" || e0.ConnectedSince == nil {
 		t.Fatalf("status: %+v %+v", e0, p0)
 	}
-	if got := sample(t, h.prom, "petmesh_controlplane_connected_proxies", "sidecar"); got != 1 {
+	if got := sample(t, h.Metrics, "petmesh_controlplane_connected_proxies", "sidecar"); got != 1 {
 		t.Fatalf("connected sidecars = %v", got)
 	}
 
 	t.Run("endpoint change resends only EDS", func(t *testing.T) {
-		if err := h.reg.Register(ctx, registry.Registration{Service: "pets", ID: "pets-1", Address: "127.0.0.1", Port: 15001, Version: "v1", TTL: time.Minute}); err != nil {
+		if err := h.Registry.Register(ctx, registry.Registration{Service: "pets", ID: "pets-1", Address: "127.0.0.1", Port: 15001, Version: "v1", TTL: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
 		var e1 xds.ProxyStatus
 		tu.Eventually(t, 5*time.Second, func() error {
-			e1 = synced(t, h.srv, edge, "edge~e1")
+			e1 = xdstest.Synced(t, h.Server, edge.c, "edge~e1")
 			if versions(e1)["endpoint"] == versions(e0)["endpoint"] {
 				return errors.New("endpoint version unchanged")
 			}
@@ -254,7 +135,7 @@ func TestServerPushesAndTracksStatus(t *testing.T) {
 	})
 
 	t.Run("route change is acked and measured", func(t *testing.T) {
-		cur, err := h.store.Current(ctx)
+		cur, err := h.Store.Current(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,12 +143,12 @@ func TestServerPushesAndTracksStatus(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := h.store.Put(ctx, cur.Number, tb, "alice", "canary")
+		v, err := h.Store.Put(ctx, cur.Number, tb, "alice", "canary")
 		if err != nil {
 			t.Fatal(err)
 		}
 		tu.Eventually(t, 5*time.Second, func() error {
-			st := synced(t, h.srv, edge, "edge~e1")
+			st := xdstest.Synced(t, h.Server, edge.c, "edge~e1")
 			if st.RouteVersion != v.Number {
 				return fmt.Errorf("route version %d, want %d", st.RouteVersion, v.Number)
 			}
@@ -276,7 +157,7 @@ func TestServerPushesAndTracksStatus(t *testing.T) {
 			}
 			return nil
 		})
-		if n := sample(t, h.prom, "petmesh_xds_convergence_seconds", "route"); n < 1 {
+		if n := sample(t, h.Metrics, "petmesh_xds_convergence_seconds", "route"); n < 1 {
 			t.Fatalf("convergence samples for routes = %v", n)
 		}
 	})
@@ -288,18 +169,18 @@ func TestServerPushesAndTracksStatus(t *testing.T) {
 			}
 			return nil
 		})
-		cur, err := h.store.Current(ctx)
+		cur, err := h.Store.Current(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		tb := cur.Table.Clone()
 		tb.Services["stats"] = routes.Service{LB: "least_request"}
-		if _, err := h.store.Put(ctx, cur.Number, tb, "alice", "lb"); err != nil {
+		if _, err := h.Store.Put(ctx, cur.Number, tb, "alice", "lb"); err != nil {
 			t.Fatal(err)
 		}
 		var nacked string
 		tu.Eventually(t, 5*time.Second, func() error {
-			st, _ := h.srv.Proxy("sidecar~pets~pets-1")
+			st, _ := h.Server.Proxy("sidecar~pets~pets-1")
 			for _, ts := range st.Types {
 				if ts.LastNack != nil && strings.Contains(ts.LastNack.Message, "MAGLEV") {
 					if st.Synced {
@@ -311,17 +192,17 @@ func TestServerPushesAndTracksStatus(t *testing.T) {
 			}
 			return fmt.Errorf("no NACK yet: %+v", st.Types)
 		})
-		if n := sample(t, h.prom, "petmesh_xds_nacks_total", nacked); n != 1 {
+		if n := sample(t, h.Metrics, "petmesh_xds_nacks_total", nacked); n != 1 {
 			t.Fatalf("nacks{type=%s} = %v, want 1 (a NACKed version is not resent)", nacked, n)
 		}
 	})
 }
 
 func TestUntranslatableNodeKeepsPreviousConfig(t *testing.T) {
-	h := newHarness(t, xds.Options{})
-	bad := startProxy(t, h.addr, &core.Node{Id: "sidecar~pets~p9"}) // no app port
+	h := xdstest.Start(t, xdstest.Options{})
+	bad := startProxy(t, h.Addr(), &core.Node{Id: "sidecar~pets~p9"}) // no app port
 	tu.Eventually(t, 5*time.Second, func() error {
-		st, ok := h.srv.Proxy("sidecar~pets~p9")
+		st, ok := h.Server.Proxy("sidecar~pets~p9")
 		if !ok || !strings.Contains(st.Error, "app_port") {
 			return fmt.Errorf("status %+v", st)
 		}
@@ -330,16 +211,16 @@ func TestUntranslatableNodeKeepsPreviousConfig(t *testing.T) {
 	if len(bad.c.Versions()) != 0 {
 		t.Fatalf("an untranslatable node got config: %v", bad.c.Versions())
 	}
-	if n := sample(t, h.prom, "petmesh_controlplane_snapshot_errors_total", "translate"); n < 1 {
+	if n := sample(t, h.Metrics, "petmesh_controlplane_snapshot_errors_total", "translate"); n < 1 {
 		t.Fatalf("snapshot errors = %v", n)
 	}
 }
 
 func TestDisconnectedNodeIsForgotten(t *testing.T) {
-	h := newHarness(t, xds.Options{NodeGrace: 200 * time.Millisecond})
+	h := xdstest.Start(t, xdstest.Options{Server: xds.Options{NodeGrace: 200 * time.Millisecond}})
 	ctx, cancel := context.WithCancel(context.Background())
 	c, err := client.New(client.Config{
-		Server: h.addr, Node: edgeNode("gone"), Apply: func(context.Context, *client.Snapshot) error { return nil },
+		Server: h.Addr(), Node: xdstest.EdgeNode("gone"), Apply: func(context.Context, *client.Snapshot) error { return nil },
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		Logger:      slog.New(slog.DiscardHandler),
 	})
@@ -349,7 +230,7 @@ func TestDisconnectedNodeIsForgotten(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
 	tu.Eventually(t, 5*time.Second, func() error {
-		if st, ok := h.srv.Proxy("edge~gone"); !ok || !st.Synced {
+		if st, ok := h.Server.Proxy("edge~gone"); !ok || !st.Synced {
 			return errors.New("not synced")
 		}
 		return nil
@@ -357,7 +238,7 @@ func TestDisconnectedNodeIsForgotten(t *testing.T) {
 	cancel()
 	<-done
 	tu.Eventually(t, 5*time.Second, func() error {
-		if st, ok := h.srv.Proxy("edge~gone"); ok {
+		if st, ok := h.Server.Proxy("edge~gone"); ok {
 			return fmt.Errorf("still known: connected=%v", st.Connected)
 		}
 		return nil

@@ -12,7 +12,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/petmesh/petmesh/controlplane/xds"
+	"github.com/petmesh/petmesh/controlplane/xds/xdstest"
 	tu "github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/certtest"
 	"github.com/petmesh/petmesh/internal/xds/client"
 )
 
@@ -84,19 +86,19 @@ func TestTokenAuth(t *testing.T) {
 			dir := t.TempDir()
 
 			t.Run("no token: Unauthenticated, retried with backoff, nothing applied", func(t *testing.T) {
-				p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("anon"), Delta: delta})
+				p := startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("anon"), Delta: delta})
 				refused(t, p, 3)
 				if n := p.applies(); n != 0 {
 					t.Fatalf("%d snapshots applied without a token", n)
 				}
-				if _, ok := cp.srv.Proxy("edge~anon"); ok {
+				if _, ok := cp.Server.Proxy("edge~anon"); ok {
 					t.Fatal("the control plane knows a node whose stream it refused")
 				}
 			})
 			t.Run("wrong token refused", func(t *testing.T) {
 				f := filepath.Join(dir, "wrong")
 				writeToken(t, f, wrongToken)
-				p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("wrong"), TokenFile: f, Delta: delta})
+				p := startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("wrong"), TokenFile: f, Delta: delta})
 				refused(t, p, 2)
 				if n := p.applies(); n != 0 {
 					t.Fatalf("%d snapshots applied with a wrong token", n)
@@ -108,8 +110,8 @@ func TestTokenAuth(t *testing.T) {
 			t.Run("right token works; a rotated bad token keeps the last good config; fixed, it reconnects", func(t *testing.T) {
 				f := filepath.Join(dir, "good")
 				writeToken(t, f, goodToken)
-				p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("good"), TokenFile: f, Delta: delta})
-				st := synced(t, cp, p, "edge~good")
+				p := startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("good"), TokenFile: f, Delta: delta})
+				st := xdstest.Synced(t, cp.Server, p.c, "edge~good")
 				before := p.c.Current()
 				if len(before.Listeners) == 0 || len(before.Clusters) == 0 {
 					t.Fatalf("synced without listeners or clusters: %d, %d", len(before.Listeners), len(before.Clusters))
@@ -121,7 +123,7 @@ func TestTokenAuth(t *testing.T) {
 				// keeps serving what it had.
 				writeToken(t, f, wrongToken+"-rotated")
 				r0 := metric(t, p.prom, "petmesh_xds_reconnects_total", nil)
-				cp.restart(t)
+				cp.Restart(t)
 				refused(t, p, r0+2)
 				if n := p.applies(); n != applied {
 					t.Fatalf("%d snapshots applied while refused, want none", n-applied)
@@ -136,7 +138,7 @@ func TestTokenAuth(t *testing.T) {
 
 				// The other accepted token: read again on change, no restart.
 				writeToken(t, f, otherToken)
-				synced(t, cp, p, "edge~good")
+				xdstest.Synced(t, cp.Server, p.c, "edge~good")
 				if v := p.c.Versions(); v[st.Types[0].TypeURL] == "" {
 					t.Fatal("no version after reconnecting")
 				}
@@ -151,21 +153,22 @@ func TestTokenAuth(t *testing.T) {
 // does not.
 func TestTLS(t *testing.T) {
 	dir := t.TempDir()
-	caFile, certFile, keyFile := testCA(t, dir)
-	cp, _ := startAuthCP(t, certFile, keyFile)
+	certs := certtest.WriteServer(t, dir)
+	caFile := certs.CA
+	cp, _ := startAuthCP(t, certs.Cert, certs.Key)
 	tok := filepath.Join(dir, "token")
 	writeToken(t, tok, goodToken)
 
 	t.Run("CA file, address checked against the IP SAN", func(t *testing.T) {
-		p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("tls-ip"), TokenFile: tok, CAFile: caFile})
-		synced(t, cp, p, "edge~tls-ip")
+		p := startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("tls-ip"), TokenFile: tok, CAFile: caFile})
+		xdstest.Synced(t, cp.Server, p.c, "edge~tls-ip")
 	})
 	t.Run("CA file and server name, delta", func(t *testing.T) {
-		p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("tls-name"), TokenFile: tok, CAFile: caFile, ServerName: "xds.petmesh.test", Delta: true})
-		synced(t, cp, p, "edge~tls-name")
+		p := startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("tls-name"), TokenFile: tok, CAFile: caFile, ServerName: certtest.ServerName, Delta: true})
+		xdstest.Synced(t, cp.Server, p.c, "edge~tls-name")
 	})
 	t.Run("a server name the certificate does not hold is refused", func(t *testing.T) {
-		p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("tls-badname"), TokenFile: tok, CAFile: caFile, ServerName: "other.petmesh.test"})
+		p := startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("tls-badname"), TokenFile: tok, CAFile: caFile, ServerName: "other.petmesh.test"})
 		tu.Eventually(t, 10*time.Second, func() error {
 			if err := p.c.StreamError(); err == nil || !strings.Contains(err.Error(), "certificate") {
 				return fmt.Errorf("stream error %v, want a certificate error", err)
@@ -177,7 +180,7 @@ func TestTLS(t *testing.T) {
 		}
 	})
 	t.Run("system roots do not know the test CA", func(t *testing.T) {
-		p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("tls-sys"), TokenFile: tok, TLS: true})
+		p := startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("tls-sys"), TokenFile: tok, TLS: true})
 		tu.Eventually(t, 10*time.Second, func() error {
 			if err := p.c.StreamError(); err == nil || !strings.Contains(err.Error(), "certificate") {
 				return fmt.Errorf("stream error %v, want a certificate error", err)
@@ -186,7 +189,7 @@ func TestTLS(t *testing.T) {
 		})
 	})
 	t.Run("plaintext to a TLS server gets nothing", func(t *testing.T) {
-		p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("plain"), TokenFile: tok})
+		p := startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("plain"), TokenFile: tok})
 		tu.Eventually(t, 10*time.Second, func() error {
 			if metric(t, p.prom, "petmesh_xds_reconnects_total", nil) < 2 {
 				return fmt.Errorf("stream error %v; waiting for two failed attempts", p.c.StreamError())

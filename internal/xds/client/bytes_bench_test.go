@@ -9,6 +9,7 @@ import (
 
 	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/controlplane/routes"
+	"github.com/petmesh/petmesh/controlplane/xds/xdstest"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/xds/client"
 	"github.com/petmesh/petmesh/internal/xds/resource"
@@ -49,13 +50,13 @@ func BenchmarkEndpointChangeBytes(b *testing.B) {
 				for s := range layout.services {
 					for i := range layout.perService {
 						port++
-						if err := cp.reg.Register(ctx, registry.Registration{Service: fmt.Sprintf("svc%d", s), ID: fmt.Sprintf("svc%d-%d", s, i),
+						if err := cp.Registry.Register(ctx, registry.Registration{Service: fmt.Sprintf("svc%d", s), ID: fmt.Sprintf("svc%d-%d", s, i),
 							Address: "127.0.0.1", Port: port, Version: "v1", TTL: time.Hour}); err != nil {
 							b.Fatal(err)
 						}
 					}
 				}
-				p := startProxy(b, client.Config{Server: cp.addr, Node: edgeNode("bytes"), Delta: delta})
+				p := startProxy(b, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("bytes"), Delta: delta})
 				cluster := resource.Cluster("svc0", "")
 				want := layout.perService
 				wait := func() {
@@ -68,7 +69,7 @@ func BenchmarkEndpointChangeBytes(b *testing.B) {
 						}
 						return nil
 					})
-					synced(b, cp, p, "edge~bytes")
+					xdstest.Synced(b, cp.Server, p.c, "edge~bytes")
 				}
 				wait()
 				total := func() float64 { return metric(b, p.prom, "petmesh_xds_received_bytes_total", nil) }
@@ -80,12 +81,12 @@ func BenchmarkEndpointChangeBytes(b *testing.B) {
 				t0, e0 := total(), eds()
 				for i := range b.N {
 					id := fmt.Sprintf("extra-%d", i)
-					if err := cp.reg.Register(ctx, registry.Registration{Service: "svc0", ID: id, Address: "127.0.0.2", Port: 20000 + i, Version: "v1", TTL: time.Hour}); err != nil {
+					if err := cp.Registry.Register(ctx, registry.Registration{Service: "svc0", ID: id, Address: "127.0.0.2", Port: 20000 + i, Version: "v1", TTL: time.Hour}); err != nil {
 						b.Fatal(err)
 					}
 					want = layout.perService + 1
 					wait()
-					if err := cp.reg.Deregister(ctx, id); err != nil {
+					if err := cp.Registry.Deregister(ctx, id); err != nil {
 						b.Fatal(err)
 					}
 					want = layout.perService

@@ -12,6 +12,7 @@ import (
 	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/controlplane/routes"
 	"github.com/petmesh/petmesh/controlplane/xds"
+	"github.com/petmesh/petmesh/controlplane/xds/xdstest"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/xds/client"
 	"github.com/petmesh/petmesh/internal/xds/resource"
@@ -20,7 +21,7 @@ import (
 // register adds a passing instance of service to the registry.
 func (cp *realCP) register(t testing.TB, service, id string, port int) {
 	t.Helper()
-	if err := cp.reg.Register(context.Background(), registry.Registration{
+	if err := cp.Registry.Register(context.Background(), registry.Registration{
 		Service: service, ID: id, Address: "127.0.0.1", Port: port, Version: "v1", TTL: time.Minute,
 	}); err != nil {
 		t.Fatal(err)
@@ -29,7 +30,7 @@ func (cp *realCP) register(t testing.TB, service, id string, port int) {
 
 func (cp *realCP) deregister(t testing.TB, id string) {
 	t.Helper()
-	if err := cp.reg.Deregister(context.Background(), id); err != nil {
+	if err := cp.Registry.Deregister(context.Background(), id); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -51,11 +52,11 @@ func (p *proxy) setReject(f func(*client.Snapshot) error) {
 func (cp *realCP) putTable(t testing.TB, change func(*routes.Table) *routes.Table) {
 	t.Helper()
 	ctx := context.Background()
-	cur, err := cp.store.Current(ctx)
+	cur, err := cp.Store.Current(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cp.store.Put(ctx, cur.Number, change(cur.Table), "test", "test"); err != nil {
+	if _, err := cp.Store.Put(ctx, cur.Number, change(cur.Table), "test", "test"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -90,8 +91,8 @@ func endpointsOf(p *proxy, cluster string) []string {
 // initial_resource_versions.
 func TestDeltaAgainstControlPlane(t *testing.T) {
 	cp := startRealCP(t)
-	p := startProxy(t, client.Config{Server: cp.addr, Node: edgeNode("d1"), Delta: true})
-	synced(t, cp, p, "edge~d1")
+	p := startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode("d1"), Delta: true})
+	xdstest.Synced(t, cp.Server, p.c, "edge~d1")
 	cluster := resource.Cluster("pets", "")
 	before := p.c.Current()
 	if len(before.Listeners) == 0 || before.Clusters[cluster] == nil || before.Endpoints[cluster] == nil {
@@ -128,7 +129,7 @@ func TestDeltaAgainstControlPlane(t *testing.T) {
 				t.Errorf("cluster %q was resent by an endpoint change", name)
 			}
 		}
-		synced(t, cp, p, "edge~d1")
+		xdstest.Synced(t, cp.Server, p.c, "edge~d1")
 	})
 
 	t.Run("remove: an instance, then the canary's clusters", func(t *testing.T) {
@@ -148,7 +149,7 @@ func TestDeltaAgainstControlPlane(t *testing.T) {
 			}
 			return nil
 		})
-		synced(t, cp, p, "edge~d1")
+		xdstest.Synced(t, cp.Server, p.c, "edge~d1")
 		cp.putTable(t, func(*routes.Table) *routes.Table { return routes.Default() })
 		tu.Eventually(t, 5*time.Second, func() error {
 			s := p.c.Current()
@@ -157,7 +158,7 @@ func TestDeltaAgainstControlPlane(t *testing.T) {
 			}
 			return nil
 		})
-		synced(t, cp, p, "edge~d1")
+		xdstest.Synced(t, cp.Server, p.c, "edge~d1")
 	})
 
 	t.Run("NACK: error_detail reaches the control plane, the state stays", func(t *testing.T) {
@@ -173,7 +174,7 @@ func TestDeltaAgainstControlPlane(t *testing.T) {
 		cp.putTable(t, canary(t))
 		var nack *xds.Nack
 		tu.Eventually(t, 5*time.Second, func() error {
-			st, _ := cp.srv.Proxy("edge~d1")
+			st, _ := cp.Server.Proxy("edge~d1")
 			for _, ts := range st.Types {
 				if ts.Type == "cluster" && ts.LastNack != nil {
 					nack = ts.LastNack
@@ -201,7 +202,7 @@ func TestDeltaAgainstControlPlane(t *testing.T) {
 		// which is sent and ACKed.
 		p.setReject(nil)
 		cp.putTable(t, func(*routes.Table) *routes.Table { return routes.Default() })
-		synced(t, cp, p, "edge~d1")
+		xdstest.Synced(t, cp.Server, p.c, "edge~d1")
 		cp.putTable(t, func(tb *routes.Table) *routes.Table {
 			out := tb.Clone()
 			svc := out.Services["stats"]
@@ -215,7 +216,7 @@ func TestDeltaAgainstControlPlane(t *testing.T) {
 			}
 			return nil
 		})
-		synced(t, cp, p, "edge~d1")
+		xdstest.Synced(t, cp.Server, p.c, "edge~d1")
 		if p.c.LastNack()[resource.ClusterType] != "" {
 			t.Fatal("LastNack not cleared after an ACK")
 		}
@@ -225,7 +226,7 @@ func TestDeltaAgainstControlPlane(t *testing.T) {
 		listeners := metric(t, p.prom, "petmesh_xds_updates_total", map[string]string{"type": "listener"})
 		clusters := metric(t, p.prom, "petmesh_xds_updates_total", map[string]string{"type": "cluster"})
 		held := p.c.Current()
-		cp.stop()
+		cp.Stop()
 		tu.Eventually(t, 5*time.Second, func() error {
 			if metric(t, p.prom, "petmesh_xds_connected", nil) != 0 {
 				return errors.New("still connected")
@@ -234,14 +235,14 @@ func TestDeltaAgainstControlPlane(t *testing.T) {
 		})
 		// While the control plane is away an instance goes away.
 		cp.deregister(t, "pets-1")
-		cp.serve(t, cp.addr)
+		cp.Serve(t, cp.Addr())
 		tu.Eventually(t, 10*time.Second, func() error {
 			if got := endpointsOf(p, cluster); len(got) != 0 {
 				return fmt.Errorf("pets endpoints %v after the reconnect, want none", got)
 			}
 			return nil
 		})
-		synced(t, cp, p, "edge~d1")
+		xdstest.Synced(t, cp.Server, p.c, "edge~d1")
 		if got := metric(t, p.prom, "petmesh_xds_updates_total", map[string]string{"type": "listener"}); got != listeners {
 			t.Errorf("%v listener responses on reconnect, want none (the client named the versions it holds)", got-listeners)
 		}
@@ -263,7 +264,7 @@ func TestDeltaAndSotwAgree(t *testing.T) {
 	cp := startRealCP(t)
 	var ps []*proxy
 	for i := range 3 {
-		ps = append(ps, startProxy(t, client.Config{Server: cp.addr, Node: edgeNode(fmt.Sprintf("m%d", i)), Delta: i%2 == 0}))
+		ps = append(ps, startProxy(t, client.Config{Server: cp.Addr(), Node: xdstest.EdgeNode(fmt.Sprintf("m%d", i)), Delta: i%2 == 0}))
 	}
 	cp.register(t, "stats", "stats-1", 7101)
 	for i, p := range ps {
@@ -273,7 +274,7 @@ func TestDeltaAndSotwAgree(t *testing.T) {
 			}
 			return nil
 		})
-		synced(t, cp, p, fmt.Sprintf("edge~m%d", i))
+		xdstest.Synced(t, cp.Server, p.c, fmt.Sprintf("edge~m%d", i))
 	}
 	// Both variants hold the same state.
 	d, s := ps[0].c.Current(), ps[1].c.Current()
