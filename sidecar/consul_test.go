@@ -3,8 +3,6 @@ package sidecar_test
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
@@ -23,21 +21,7 @@ import (
 func TestConsulLifecycle(t *testing.T) {
 	agent := consultest.Start(t) // skips without PETMESH_CONSUL_BIN unless PETMESH_REQUIRE_REAL=1
 	iss := newIssuer(t)
-	dir := t.TempDir()
-	tableFile := filepath.Join(dir, "table.yaml")
-	if err := os.WriteFile(tableFile, []byte(table), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cp := tu.Start(t, tu.BuildBinary(t, "./controlplane/cmd/controlplane"), tu.StartOptions{
-		Args: []string{
-			"-xds-addr", "127.0.0.1:0", "-api-addr", "127.0.0.1:0", "-debounce-quiet", "20ms", "-debounce-max", "200ms",
-			"-store-dir", filepath.Join(dir, "store"), "-initial-table", tableFile,
-			"-registry", "consul", "-consul-addr", agent.HTTPAddr(),
-			"-jwks-url", iss.jwksURL(), "-issuer", testIssuer,
-		},
-		Env:       []string{"CONTROLPLANE_REGISTRATION_TOKEN=" + regToken},
-		Listeners: []string{"xds", "api"},
-	})
+	cp := startControlPlaneWith(t, iss, []string{"-registry", "consul", "-consul-addr", agent.HTTPAddr()}, nil)
 	a := newApp(t, true)
 	sc := startSidecar(t, sidecarOpts{service: "echo", instance: "echo-c1", app: a, cp: cp,
 		args: []string{"-registry", "consul", "-consul-addr", agent.HTTPAddr(), "-ttl", "2s"}})

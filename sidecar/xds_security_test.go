@@ -1,15 +1,7 @@
 package sidecar_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,50 +11,30 @@ import (
 
 	"github.com/petmesh/petmesh/controlplane/registry"
 	tu "github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/certtest"
 )
 
 const xdsToken = "sidecar-test-xds-token-0123456789"
 
-// writeTestCA writes a CA and a server certificate for "xds.petmesh.test"
-// (and 127.0.0.1) signed by it.
-func writeTestCA(t *testing.T, dir string) (caFile, certFile, keyFile string) {
+// startControlPlaneWith starts the control plane binary like
+// startControlPlane but without its -audience, adding args to its flags
+// and env to its environment.
+func startControlPlaneWith(t *testing.T, iss *issuer, args, env []string) *tu.Process {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
+	dir := t.TempDir()
+	tableFile := filepath.Join(dir, "table.yaml")
+	if err := os.WriteFile(tableFile, []byte(table), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sidecar test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "xds.petmesh.test"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		DNSNames: []string{"xds.petmesh.test"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	return write("ca.pem", "CERTIFICATE", caDER), write("xds.pem", "CERTIFICATE", der), write("xds-key.pem", "EC PRIVATE KEY", keyDER)
+	return tu.Start(t, tu.BuildBinary(t, "./controlplane/cmd/controlplane"), tu.StartOptions{
+		Args: append([]string{
+			"-xds-addr", "127.0.0.1:0", "-api-addr", "127.0.0.1:0", "-debounce-quiet", "20ms", "-debounce-max", "200ms",
+			"-store-dir", filepath.Join(dir, "store"), "-initial-table", tableFile,
+			"-jwks-url", iss.jwksURL(), "-issuer", testIssuer,
+		}, args...),
+		Env:       append([]string{"CONTROLPLANE_REGISTRATION_TOKEN=" + regToken}, env...),
+		Listeners: []string{"xds", "api"},
+	})
 }
 
 // TestXDSTokenAndTLS: the real control plane binary with -xds-token-file
@@ -73,7 +45,7 @@ func writeTestCA(t *testing.T, dir string) (caFile, certFile, keyFile string) {
 func TestXDSTokenAndTLS(t *testing.T) {
 	iss := newIssuer(t)
 	dir := t.TempDir()
-	caFile, certFile, keyFile := writeTestCA(t, dir)
+	certs := certtest.WriteServer(t, dir)
 	tokens := filepath.Join(dir, "xds-tokens")
 	if err := os.WriteFile(tokens, []byte("# sidecars\n"+xdsToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -82,20 +54,9 @@ func TestXDSTokenAndTLS(t *testing.T) {
 	if err := os.WriteFile(own, []byte(xdsToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tableFile := filepath.Join(dir, "table.yaml")
-	if err := os.WriteFile(tableFile, []byte(table), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cp := tu.Start(t, tu.BuildBinary(t, "./controlplane/cmd/controlplane"), tu.StartOptions{
-		Args: []string{
-			"-xds-addr", "127.0.0.1:0", "-api-addr", "127.0.0.1:0", "-debounce-quiet", "20ms", "-debounce-max", "200ms",
-			"-store-dir", filepath.Join(dir, "store"), "-initial-table", tableFile,
-			"-jwks-url", iss.jwksURL(), "-issuer", testIssuer, "-audience", "petmesh",
-			"-xds-tls-cert-file", certFile, "-xds-tls-key-file", keyFile,
-		},
-		Env:       []string{"CONTROLPLANE_REGISTRATION_TOKEN=" + regToken, "CONTROLPLANE_XDS_TOKEN_FILE=" + tokens},
-		Listeners: []string{"xds", "api"},
-	})
+	cp := startControlPlaneWith(t, iss,
+		[]string{"-audience", "petmesh", "-xds-tls-cert-file", certs.Cert, "-xds-tls-key-file", certs.Key},
+		[]string{"CONTROLPLANE_XDS_TOKEN_FILE=" + tokens})
 	if strings.Contains(cp.Output(), "XDS UNAUTHENTICATED") {
 		t.Fatal("the control plane warns that xDS is unauthenticated although -xds-token-file is set")
 	}
@@ -103,10 +64,10 @@ func TestXDSTokenAndTLS(t *testing.T) {
 	for _, delta := range []string{"true", "false"} {
 		t.Run("delta="+delta, func(t *testing.T) {
 			good := startSidecar(t, sidecarOpts{service: "echo", instance: "echo-tls-" + delta, app: newApp(t, true), cp: cp,
-				args: []string{"-xds-ca-file", caFile, "-xds-server-name", "xds.petmesh.test", "-xds-delta=" + delta},
+				args: []string{"-xds-ca-file", certs.CA, "-xds-server-name", certtest.ServerName, "-xds-delta=" + delta},
 				env:  []string{"SIDECAR_XDS_TOKEN_FILE=" + own}})
 			bad := startSidecar(t, sidecarOpts{service: "echo", instance: "echo-notoken-" + delta, app: newApp(t, true), cp: cp,
-				args: []string{"-xds-ca-file", caFile, "-xds-server-name", "xds.petmesh.test", "-xds-delta=" + delta}})
+				args: []string{"-xds-ca-file", certs.CA, "-xds-server-name", certtest.ServerName, "-xds-delta=" + delta}})
 			tu.Eventually(t, 15*time.Second, func() error {
 				if code, err := statusOf(good.URL("admin")+"/readyz", nil); err != nil || code != http.StatusOK {
 					return fmt.Errorf("sidecar with the token: readyz %d %v", code, err)
