@@ -22,6 +22,13 @@ const (
 	DefaultJWKSMaxBytes      = 1 << 20
 	DefaultJWKSFetchTimeout  = 10 * time.Second
 	defaultJWKSRetryMinDelay = time.Second
+	// After a failed fetch an unknown kid may refetch sooner than the
+	// cooldown (Envoy's async_fetch.failed_refetch_duration is 1 s), and
+	// sooner still while no key set has ever been fetched: a verifier
+	// started before its issuer would otherwise refuse every valid token
+	// for a whole cooldown.
+	jwksFailedRefetchCool   = time.Second
+	jwksNotReadyRefetchCool = 100 * time.Millisecond
 )
 
 // RemoteJWKSConfig configures a RemoteJWKS.
@@ -56,6 +63,7 @@ type RemoteJWKS struct {
 	sem    chan struct{} // one fetch at a time; guards the fields below
 
 	lastAttempt time.Time
+	lastFailed  bool
 	etag        string
 
 	fetches, failures atomic.Uint64
@@ -131,7 +139,8 @@ func (r *RemoteJWKS) Fetches() (attempts, failures uint64) {
 }
 
 // PublicKey implements KeySource. An unknown kid triggers one fetch unless
-// one happened within RefetchCooldown; concurrent misses share that fetch.
+// one happened within RefetchCooldown (1 s after a failed fetch, 100 ms
+// while no key set is held); concurrent misses share that fetch.
 func (r *RemoteJWKS) PublicKey(ctx context.Context, kid string) (*PublicKey, error) {
 	if k, ok := (*r.keys.Load())[kid]; ok {
 		return k, nil
@@ -145,7 +154,7 @@ func (r *RemoteJWKS) PublicKey(ctx context.Context, kid string) (*PublicKey, err
 	if k, ok := (*r.keys.Load())[kid]; ok { // fetched while we waited
 		return k, nil
 	}
-	if !r.lastAttempt.IsZero() && r.cfg.Now().Sub(r.lastAttempt) < r.cfg.RefetchCooldown {
+	if !r.lastAttempt.IsZero() && r.cfg.Now().Sub(r.lastAttempt) < r.refetchCooldownLocked() {
 		return nil, ErrUnknownKey
 	}
 	if err := r.fetchLocked(ctx); err != nil {
@@ -155,6 +164,19 @@ func (r *RemoteJWKS) PublicKey(ctx context.Context, kid string) (*PublicKey, err
 		return k, nil
 	}
 	return nil, ErrUnknownKey
+}
+
+// refetchCooldownLocked is the least time between two fetches for unknown
+// kids, given how the last fetch went; the caller holds sem.
+func (r *RemoteJWKS) refetchCooldownLocked() time.Duration {
+	cool := r.cfg.RefetchCooldown
+	if r.lastFailed {
+		cool = min(cool, jwksFailedRefetchCool)
+	}
+	if !r.Ready() {
+		cool = min(cool, jwksNotReadyRefetchCool)
+	}
+	return cool
 }
 
 // Refresh fetches the key set now, waiting for a fetch in progress.
@@ -174,6 +196,7 @@ func (r *RemoteJWKS) fetchLocked(ctx context.Context) (err error) {
 	r.lastAttempt = r.cfg.Now()
 	r.fetches.Add(1)
 	defer func() {
+		r.lastFailed = err != nil
 		if err != nil {
 			r.failures.Add(1)
 		}

@@ -324,3 +324,57 @@ func TestNewRemoteJWKSValidation(t *testing.T) {
 		})
 	}
 }
+
+// A verifier started before its issuer: the first fetches fail, and a valid
+// token arriving right after the issuer comes up must not wait a whole
+// cooldown (the control plane's API refused the edge's tokens for 15 s when
+// it started first). While no key set is held, misses refetch after 100 ms;
+// after a failed fetch with keys held, after 1 s; otherwise the cooldown.
+func TestRemoteJWKSRefetchSoonerAfterFailures(t *testing.T) {
+	a, kidA := newKey(t)
+	b, kidB := newKey(t)
+	srv := newJWKSServer(t, a)
+	srv.set(http.StatusServiceUnavailable, []byte(`{}`))
+	clock := newFakeClock()
+	r, err := NewRemoteJWKS(RemoteJWKSConfig{URL: srv.URL, RefetchCooldown: 30 * time.Second, Now: clock.Now})
+	must(t, err)
+	ctx := context.Background()
+	if err := r.Refresh(ctx); err == nil {
+		t.Fatal("refresh against a failing issuer succeeded")
+	}
+	steps := []struct {
+		desc      string
+		advance   time.Duration
+		issuerUp  bool
+		fail      bool
+		kid       string
+		wantErr   error
+		wantFetch int64
+	}{
+		{desc: "no keys, 50 ms after the failure: no fetch", advance: 50 * time.Millisecond, kid: kidA, wantErr: ErrUnknownKey, wantFetch: 1},
+		{desc: "no keys, 100 ms after: fetches and finds the key", advance: 50 * time.Millisecond, issuerUp: true, kid: kidA, wantFetch: 2},
+		{desc: "keys held, last fetch fine: the cooldown holds", advance: 2 * time.Second, kid: kidB, wantErr: ErrUnknownKey, wantFetch: 2},
+		{desc: "keys held, after the cooldown the fetch fails", advance: 30 * time.Second, fail: true, kid: kidB, wantErr: ErrUnknownKey, wantFetch: 3},
+		{desc: "keys held, failed fetch 500 ms ago: no fetch", advance: 500 * time.Millisecond, kid: kidB, wantErr: ErrUnknownKey, wantFetch: 3},
+		{desc: "keys held, failed fetch 1 s ago: fetches", advance: 500 * time.Millisecond, issuerUp: true, kid: kidB, wantFetch: 4},
+		{desc: "the old key still verifies", kid: kidA, wantFetch: 4},
+	}
+	for _, s := range steps {
+		clock.Advance(s.advance)
+		switch {
+		case s.fail:
+			srv.set(http.StatusServiceUnavailable, []byte(`{}`))
+		case s.issuerUp && s.kid == kidA:
+			srv.setKeys(t, a)
+		case s.issuerUp:
+			srv.setKeys(t, a, b)
+		}
+		_, err := r.PublicKey(ctx, s.kid)
+		if !errors.Is(err, s.wantErr) || (s.wantErr == nil && err != nil) {
+			t.Fatalf("%s: %v; want %v", s.desc, err, s.wantErr)
+		}
+		if n := srv.requests.Load(); n != s.wantFetch {
+			t.Fatalf("%s: %d fetches; want %d", s.desc, n, s.wantFetch)
+		}
+	}
+}
