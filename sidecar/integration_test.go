@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -164,21 +162,8 @@ func startControlPlane(t *testing.T, iss *issuer) *tu.Process {
 
 func startControlPlaneAt(t *testing.T, iss *issuer, xdsAddr, apiAddr string) *tu.Process {
 	t.Helper()
-	dir := t.TempDir()
-	tableFile := filepath.Join(dir, "table.yaml")
-	if err := os.WriteFile(tableFile, []byte(table), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	bin := tu.BuildBinary(t, "./controlplane/cmd/controlplane")
-	return tu.Start(t, bin, tu.StartOptions{
-		Args: []string{
-			"-xds-addr", xdsAddr, "-api-addr", apiAddr, "-debounce-quiet", "20ms", "-debounce-max", "200ms",
-			"-store-dir", filepath.Join(dir, "store"), "-initial-table", tableFile,
-			"-jwks-url", iss.jwksURL(), "-issuer", testIssuer, "-audience", "petmesh",
-		},
-		Env:       []string{"CONTROLPLANE_REGISTRATION_TOKEN=" + regToken},
-		Listeners: []string{"xds", "api"},
-	})
+	// Later flags win: these replace startControlPlaneWith's free ports.
+	return startControlPlaneWith(t, iss, []string{"-audience", "petmesh", "-xds-addr", xdsAddr, "-api-addr", apiAddr}, nil)
 }
 
 type sidecarOpts struct {

@@ -16,9 +16,9 @@ import (
 
 const xdsToken = "sidecar-test-xds-token-0123456789"
 
-// startControlPlaneWith starts the control plane binary like
-// startControlPlane but without its -audience, adding args to its flags
-// and env to its environment.
+// startControlPlaneWith starts the real control plane binary on free
+// loopback ports with the test table and issuer; args and env come after
+// the defaults (a repeated flag replaces the default).
 func startControlPlaneWith(t *testing.T, iss *issuer, args, env []string) *tu.Process {
 	t.Helper()
 	dir := t.TempDir()
