@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -287,7 +288,7 @@ func startTraefik(ctx context.Context, dir, traefik string, backend int) (*targe
 	if err != nil {
 		return nil, err
 	}
-	t := &target{Name: "traefik", URL: fmt.Sprintf("http://127.0.0.1:%d%s", port, benchPath), procs: []*proc{p}, Version: version(traefik, "version")}
+	t := &target{Name: "traefik", URL: fmt.Sprintf("http://127.0.0.1:%d%s", port, benchPath), procs: []*proc{p}, Version: traefikVersion(traefik)}
 	if err := waitHTTP(ctx, p, t.URL, nil, http.StatusOK, 30*time.Second); err != nil {
 		p.stop()
 		return nil, err
@@ -298,6 +299,33 @@ func startTraefik(ctx context.Context, dir, traefik string, backend int) (*targe
 var versionRE = regexp.MustCompile(`v?[0-9]+\.[0-9]+(\.[0-9]+)?`)
 
 // version runs "bin args" and returns the first version number it prints.
+// traefikVersion is the "Version:" line of `traefik version`. A build from
+// the Go module says "dev" there (its version is set by the release
+// build's linker flags), so the version is then read from the tool
+// cache's directory name (scripts/tool.sh: traefik-vX.Y.Z/traefik).
+func traefikVersion(bin string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, bin, "version").CombinedOutput()
+	return traefikVersionFrom(bin, string(out))
+}
+
+var traefikCacheDirRE = regexp.MustCompile(`^traefik-(v[0-9]+\.[0-9]+\.[0-9]+)$`)
+
+func traefikVersionFrom(bin, out string) string {
+	for line := range strings.Lines(out) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Version:"); ok {
+			if v = strings.TrimSpace(v); v != "" && v != "dev" {
+				return v
+			}
+		}
+	}
+	if m := traefikCacheDirRE.FindStringSubmatch(filepath.Base(filepath.Dir(bin))); m != nil {
+		return m[1] + " (module build)"
+	}
+	return "unknown"
+}
+
 func version(bin string, args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

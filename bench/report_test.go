@@ -69,3 +69,18 @@ func TestReport(t *testing.T) {
 		t.Fatalf("bench.png: %v", err)
 	}
 }
+
+func TestTraefikVersionFrom(t *testing.T) {
+	dev := "Version:      dev\nCodename:     cheddar\nGo version:   go1.26.10\n"
+	cases := []struct{ bin, out, want string }{
+		{"/c/petmesh/traefik-v3.6.12/traefik", dev, "v3.6.12 (module build)"},
+		{"/usr/bin/traefik", "Version:      3.6.12\nGo version:   go1.25.1\n", "3.6.12"},
+		{"/usr/bin/traefik", dev, "unknown"},
+		{"/usr/bin/traefik", "", "unknown"},
+	}
+	for _, c := range cases {
+		if got := traefikVersionFrom(c.bin, c.out); got != c.want {
+			t.Errorf("traefikVersionFrom(%q, %q) = %q; want %q", c.bin, c.out, got, c.want)
+		}
+	}
+}
