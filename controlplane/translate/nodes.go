@@ -3,6 +3,7 @@ package translate
 import (
 	"errors"
 	"fmt"
+	"net/http"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -123,7 +124,10 @@ func (in *input) sidecar(node Node) (*Resources, error) {
 	}
 	inVH := &routev3.VirtualHost{Name: resource.ClusterLocalApp, Domains: []string{"*"}}
 	if hc := pol.HealthCheck; hc != nil {
-		inVH.Routes = append(inVH.Routes, toApp("health", &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: hc.Path}}, nil, true))
+		// The edge's active health checks reach the app through the inbound
+		// listener without a token; only GET and HEAD of the health path
+		// are let through (any other method falls to the routes below).
+		inVH.Routes = append(inVH.Routes, toApp("health", match(routes.Match{Path: hc.Path, Methods: []string{http.MethodGet, http.MethodHead}}), nil, true))
 	}
 	for i := range in.table.Routes {
 		r := &in.table.Routes[i]
