@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -51,6 +52,7 @@ type Config struct {
 	Audience              []string
 	InsecureNoAuth        bool
 	MeshJWKSURL           string
+	JWTQueryParam         string
 	EdgeLocalAddr         string
 	RegistrationTokenFile string
 	RegistrationToken     string
@@ -83,6 +85,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.String(&c.Issuer, "issuer", "CONTROLPLANE_ISSUER", "", "accepted token issuer (iss)")
 	f.StringList(&c.Audience, "audience", "CONTROLPLANE_AUDIENCE", "petmesh", "accepted token audiences (aud), comma-separated")
 	f.Bool(&c.InsecureNoAuth, "insecure-no-auth", "CONTROLPLANE_INSECURE_NO_AUTH", false, "DEVELOPMENT ONLY: serve the API without authentication (every caller is admin)")
+	f.String(&c.JWTQueryParam, "jwt-query-param", "CONTROLPLANE_JWT_QUERY_PARAM", "", "query parameter the edge and sidecars also take a token from when a request has no Authorization header (jwt_authn from_params); the proxies remove it before forwarding; empty: a token in the query string is refused")
 	f.String(&c.MeshJWKSURL, "mesh-jwks-url", "CONTROLPLANE_MESH_JWKS_URL", "", "JWKS URL the proxies fetch, when it differs from -jwks-url")
 	f.String(&c.EdgeLocalAddr, "edge-local-addr", "CONTROLPLANE_EDGE_LOCAL_ADDR", "127.0.0.1:8080", "endpoint of the edge_local cluster (routes served by the edge itself)")
 	f.String(&c.RegistrationTokenFile, "registration-token-file", "CONTROLPLANE_REGISTRATION_TOKEN_FILE", "", "file holding the registration token of /v1/registry/... (or set CONTROLPLANE_REGISTRATION_TOKEN)")
@@ -108,6 +111,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	}
 	return c, c.Validate()
 }
+
+// queryParamRE is the charset of -jwt-query-param (the proxies' from_params
+// check is the same).
+var queryParamRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
 // Validate checks the configuration; errors name the flag.
 func (c Config) Validate() error {
@@ -143,6 +150,9 @@ func (c Config) Validate() error {
 	}
 	if c.RegistrationToken != "" && len(c.RegistrationToken) < 16 {
 		errs = append(errs, errors.New("-registration-token-file: the token must be at least 16 characters"))
+	}
+	if c.JWTQueryParam != "" && !queryParamRE.MatchString(c.JWTQueryParam) {
+		errs = append(errs, fmt.Errorf("-jwt-query-param: %q: want a query parameter name of letters, digits, '_', '.' and '-' (at most 64)", c.JWTQueryParam))
 	}
 	if c.JWKSURL != "" && c.JWKSFile != "" {
 		errs = append(errs, errors.New("-jwks-url and -jwks-file: set only one"))
@@ -303,7 +313,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	topts := translate.Options{EdgeLocalAddress: cfg.EdgeLocalAddr}
 	if provider != nil {
-		topts.JWTProviders = []translate.JWTProvider{*provider}
+		p := *provider
+		if cfg.JWTQueryParam != "" {
+			p.FromParams = []string{cfg.JWTQueryParam}
+		}
+		topts.JWTProviders = []translate.JWTProvider{p}
 	} else {
 		log.Warn("no JWT provider for the proxies: edge and sidecar snapshots cannot be built (set -jwks-url or -jwks-file and -issuer)")
 	}

@@ -64,6 +64,11 @@ type JWTProvider struct {
 	LocalJWKS string
 	// CacheDuration of fetched keys (default 5m).
 	CacheDuration time.Duration
+	// FromParams are query parameters the proxies take a token from when
+	// the request has no Authorization header (from_params; the proxies
+	// remove the parameter before forwarding). Empty: a token in the query
+	// string is refused.
+	FromParams []string
 }
 
 // Options configure translation; the zero value needs JWT providers added

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -211,6 +212,11 @@ func (f *Factory) Auth(cfg *jwtv3.JwtAuthentication) (dataplane.Authenticator, e
 			return nil, fmt.Errorf("providers[%q]: %w", n, err)
 		}
 		a.providers[n] = p
+		for _, q := range p.params {
+			if !slices.Contains(a.params, q) {
+				a.params = append(a.params, q)
+			}
+		}
 	}
 	// Every requirement must name known providers: check them now so a
 	// typo is a NACK, not a 401 for every request.
@@ -236,6 +242,7 @@ func (f *Factory) provider(name string, p *jwtv3.JwtProvider) (*provider, error)
 		leeway = time.Duration(s) * time.Second
 	}
 	forward := p.GetForward()
+	params := slices.Clone(p.GetFromParams())
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	src, srcKey, err := f.keySource(p)
@@ -261,7 +268,7 @@ func (f *Factory) provider(name string, p *jwtv3.JwtProvider) (*provider, error)
 		}
 		f.verifiers[vkey] = v
 	}
-	return &provider{name: name, verifier: v, forward: forward}, nil
+	return &provider{name: name, verifier: v, forward: forward, params: params}, nil
 }
 
 // keySource returns the key source of p and its fingerprint. f.mu is held.
@@ -362,12 +369,16 @@ type provider struct {
 	name     string
 	verifier *jwtauth.Verifier
 	forward  bool
+	params   []string // from_params: query parameters the token may come in
 }
 
 // authenticator evaluates requirements against the providers of one
 // jwt_authn configuration. Immutable.
 type authenticator struct {
 	providers map[string]*provider
+	// params is the union of the providers' from_params (empty: no
+	// provider accepts a token in the query string).
+	params []string
 }
 
 var _ dataplane.Authenticator = (*authenticator)(nil)
@@ -412,7 +423,7 @@ type outcome struct {
 
 // Authenticate implements dataplane.Authenticator.
 func (a *authenticator) Authenticate(r *http.Request, req *dataplane.AuthRequirement) (identity.Identity, error) {
-	tok, terr := bearerToken(r)
+	tok, terr := a.token(r, req.Requirement)
 	if terr != nil && !errors.Is(terr, jwtauth.ErrMissingToken) {
 		return identity.Identity{}, authError(terr)
 	}
@@ -565,8 +576,93 @@ func (a *authenticator) sortedProviders() []*provider {
 	return out
 }
 
+// token extracts the request's token for requirement rq. The one
+// Authorization header wins when present; otherwise the token may come in a
+// query parameter that a provider rq can use lists in from_params. Every
+// such parameter is removed from the request URL, header or not, so the
+// token never reaches the upstream, the cache key or a log. Without a
+// token, a token parameter no provider of rq accepts (access_token, or
+// another provider's from_params) is refused with ErrQueryToken.
+func (a *authenticator) token(r *http.Request, rq *jwtv3.JwtRequirement) (string, error) {
+	if len(a.params) == 0 || r.URL.RawQuery == "" {
+		return bearerToken(r)
+	}
+	tok, found, refused := a.queryToken(r, rq)
+	switch {
+	case len(r.Header["Authorization"]) > 0:
+		return bearerToken(r)
+	case found > 1:
+		return "", errQueryTokens
+	case found == 1 && (tok == "" || strings.ContainsAny(tok, " \t")):
+		return "", jwtauth.ErrMalformed
+	case found == 1:
+		return tok, nil
+	case refused:
+		return "", jwtauth.ErrQueryToken
+	}
+	return bearerToken(r)
+}
+
+// errQueryTokens: an accepted token parameter appears more than once (or
+// two accepted parameters are both present).
+var errQueryTokens = fmt.Errorf("%w: more than one token in the query string", jwtauth.ErrInvalidRequest)
+
+// queryToken removes from r's query the pairs whose (unescaped) name rq
+// accepts, and returns the value of the last one and their number. refused
+// reports a pair named access_token or another from_params name that rq
+// does not accept (left in place).
+func (a *authenticator) queryToken(r *http.Request, rq *jwtv3.JwtRequirement) (tok string, found int, refused bool) {
+	pairs := strings.Split(r.URL.RawQuery, "&")
+	kept := pairs[:0]
+	for _, pair := range pairs {
+		name, val, _ := strings.Cut(pair, "=")
+		n, err := url.QueryUnescape(name)
+		switch {
+		case err != nil || (n != "access_token" && !slices.Contains(a.params, n)):
+			kept = append(kept, pair)
+		case a.accepts(rq, n):
+			found++
+			tok, err = url.QueryUnescape(val)
+			if err != nil {
+				tok = ""
+			}
+		default:
+			refused = true
+			kept = append(kept, pair)
+		}
+	}
+	if found > 0 {
+		r.URL.RawQuery = strings.Join(kept, "&")
+		r.URL.ForceQuery = false
+		if r.RequestURI != "" {
+			r.RequestURI = r.URL.RequestURI()
+		}
+	}
+	return tok, found, refused
+}
+
+// accepts reports whether a provider requirement rq can use lists param in
+// its from_params. allow_missing and allow_missing_or_failed verify a
+// present token with every provider, so they accept every provider's.
+func (a *authenticator) accepts(rq *jwtv3.JwtRequirement, param string) bool {
+	switch t := rq.GetRequiresType().(type) {
+	case *jwtv3.JwtRequirement_ProviderName:
+		return slices.Contains(a.providers[t.ProviderName].params, param)
+	case *jwtv3.JwtRequirement_ProviderAndAudiences:
+		return slices.Contains(a.providers[t.ProviderAndAudiences.GetProviderName()].params, param)
+	case *jwtv3.JwtRequirement_RequiresAny:
+		return slices.ContainsFunc(t.RequiresAny.GetRequirements(), func(s *jwtv3.JwtRequirement) bool { return a.accepts(s, param) })
+	case *jwtv3.JwtRequirement_RequiresAll:
+		return slices.ContainsFunc(t.RequiresAll.GetRequirements(), func(s *jwtv3.JwtRequirement) bool { return a.accepts(s, param) })
+	case *jwtv3.JwtRequirement_AllowMissing, *jwtv3.JwtRequirement_AllowMissingOrFailed:
+		return slices.Contains(a.params, param)
+	}
+	return false
+}
+
 // bearerToken extracts the token of the one Authorization header; a missing
-// header is ErrMissingToken. A token in the query string is refused.
+// header is ErrMissingToken. A token in the query string (access_token) is
+// refused: Authenticator.token takes the accepted parameters out first.
 func bearerToken(r *http.Request) (string, error) {
 	vals := r.Header["Authorization"]
 	switch {
@@ -597,6 +693,7 @@ var authDescriptions = []struct {
 	desc string
 }{
 	{jwtauth.ErrMissingToken, "bearer token required"},
+	{errQueryTokens, "more than one token in the query string"},
 	{jwtauth.ErrInvalidRequest, "malformed Authorization header"},
 	{jwtauth.ErrQueryToken, "tokens in the query string are not accepted; use the Authorization header"},
 	{jwtauth.ErrTooLarge, "token too large"},

@@ -241,7 +241,11 @@ func TestConfigRejected(t *testing.T) {
 		want string
 	}{
 		{desc: "no providers", mod: func(c *jwtv3.JwtAuthentication) { c.Providers = nil; c.RequirementMap = nil }, want: "providers: at least one"},
-		{desc: "unsupported field", mod: func(c *jwtv3.JwtAuthentication) { c.Providers["petmesh"].FromParams = []string{"jwt"} }, want: `providers["petmesh"].from_params: unsupported field`},
+		{desc: "unsupported field", mod: func(c *jwtv3.JwtAuthentication) { c.Providers["petmesh"].FromCookies = []string{"jwt"} }, want: `providers["petmesh"].from_cookies: unsupported field`},
+		{desc: "empty from_params name", mod: func(c *jwtv3.JwtAuthentication) { c.Providers["petmesh"].FromParams = []string{"token", ""} }, want: `providers["petmesh"].from_params[1]: ""`},
+		{desc: "bad from_params charset", mod: func(c *jwtv3.JwtAuthentication) { c.Providers["petmesh"].FromParams = []string{"to ken"} }, want: `providers["petmesh"].from_params[0]: "to ken"`},
+		{desc: "from_params with separator", mod: func(c *jwtv3.JwtAuthentication) { c.Providers["petmesh"].FromParams = []string{"a=b&c"} }, want: `providers["petmesh"].from_params[0]`},
+		{desc: "from_params twice", mod: func(c *jwtv3.JwtAuthentication) { c.Providers["petmesh"].FromParams = []string{"token", "token"} }, want: `providers["petmesh"].from_params[1]: "token": listed twice`},
 		{desc: "unsupported nested field", mod: func(c *jwtv3.JwtAuthentication) {
 			c.Providers["petmesh"].GetRemoteJwks().RetryPolicy = &corev3.RetryPolicy{}
 		}, want: `providers["petmesh"].remote_jwks.retry_policy: unsupported field`},
@@ -407,5 +411,114 @@ func BenchmarkAuthenticateCached(b *testing.B) {
 		if _, err := a.Authenticate(r, req); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestQueryToken: a token in the query string is taken only from a
+// parameter a provider of the requirement lists in from_params, and that
+// parameter never reaches the upstream.
+func TestQueryToken(t *testing.T) {
+	fx := newFixture(t)
+	f, err := New(Options{Local: map[string]jwtauth.KeySource{testIssuer: fx.keys}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := token(t, fx.issuer, "alice", "viewer")
+	bob := token(t, fx.issuer, "bob")
+	dflt, err := f.Auth(config(testProvider(nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testProvider(nil)
+	p.FromParams = []string{"jwt"}
+	// "other" accepts "tok"; only requirements naming it take it.
+	other := testProvider(nil)
+	other.FromParams = []string{"tok"}
+	c := config(p)
+	c.Providers["other"] = other
+	withParam, err := f.Auth(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var upstreamQuery atomic.Value
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstreamQuery.Store(r.URL.RawQuery)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer upstream.Close()
+
+	tests := []struct {
+		desc      string
+		a         dataplane.Authenticator
+		req       *jwtv3.JwtRequirement
+		header    string
+		query     string
+		status    int
+		message   string
+		subject   string
+		wantQuery string
+	}{
+		{desc: "default: access_token refused", a: dflt, req: reqProvider("petmesh"), query: "access_token=" + good, status: 401,
+			message: "tokens in the query string are not accepted; use the Authorization header"},
+		{desc: "default: jwt param is not a token", a: dflt, req: reqProvider("petmesh"), query: "jwt=" + good, status: 401, message: "bearer token required"},
+		{desc: "configured: token in param", a: withParam, req: reqProvider("petmesh"), query: "a=1&jwt=" + good + "&b=x%20y", subject: "alice", wantQuery: "a=1&b=x%20y"},
+		{desc: "configured: only param", a: withParam, req: reqProvider("petmesh"), query: "jwt=" + good, subject: "alice", wantQuery: ""},
+		{desc: "configured: escaped name", a: withParam, req: reqProvider("petmesh"), query: "j%77t=" + good + "&a=1", subject: "alice", wantQuery: "a=1"},
+		{desc: "configured: optional requirement", a: withParam, req: reqAny(reqProvider("petmesh"), allowMissing), query: "jwt=" + good, subject: "alice", wantQuery: ""},
+		{desc: "configured: allow_missing alone", a: withParam, req: allowMissing, query: "tok=" + good, subject: "alice", wantQuery: ""},
+		{desc: "configured: header wins, param stripped", a: withParam, req: reqProvider("petmesh"), header: "Bearer " + bob, query: "jwt=" + good + "&a=1", subject: "bob", wantQuery: "a=1"},
+		{desc: "configured: two values", a: withParam, req: reqProvider("petmesh"), query: "jwt=" + good + "&jwt=" + good, status: 401, message: "more than one token in the query string"},
+		{desc: "configured: empty value", a: withParam, req: reqProvider("petmesh"), query: "jwt=", status: 401, message: "malformed token"},
+		{desc: "configured: bad token", a: withParam, req: reqProvider("petmesh"), query: "jwt=a.b.c", status: 401},
+		{desc: "configured: access_token still refused", a: withParam, req: reqProvider("petmesh"), query: "access_token=" + good, status: 401,
+			message: "tokens in the query string are not accepted; use the Authorization header"},
+		{desc: "configured: another provider's param refused", a: withParam, req: reqProvider("petmesh"), query: "tok=" + good, status: 401,
+			message: "tokens in the query string are not accepted; use the Authorization header"},
+		{desc: "configured: the other provider's requirement takes it", a: withParam, req: reqProvider("other"), query: "tok=" + good, subject: "alice", wantQuery: ""},
+		{desc: "configured: no token", a: withParam, req: reqProvider("petmesh"), query: "a=1", status: 401, message: "bearer token required"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "/pets?"+tc.query, nil)
+			if tc.header != "" {
+				r.Header.Set("Authorization", tc.header)
+			}
+			id, err := tc.a.Authenticate(r, &dataplane.AuthRequirement{Name: "x", Requirement: tc.req})
+			if tc.status != 0 {
+				var he *httpx.Error
+				if !errors.As(err, &he) || he.Status != tc.status {
+					t.Fatalf("err = %v, want status %d", err, tc.status)
+				}
+				if tc.message != "" && he.Message != tc.message {
+					t.Fatalf("message %q, want %q", he.Message, tc.message)
+				}
+				if strings.Contains(he.Message, good) {
+					t.Fatal("error message echoes the token")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("err = %v", err)
+			}
+			if id.Subject != tc.subject {
+				t.Fatalf("subject %q, want %q", id.Subject, tc.subject)
+			}
+			if strings.Contains(r.RequestURI, good) || strings.Contains(r.URL.String(), good) {
+				t.Fatalf("token left in the request: %s", r.RequestURI)
+			}
+			// What the upstream sees: the request forwarded as is.
+			out := r.Clone(context.Background())
+			out.RequestURI = ""
+			out.URL.Scheme, out.URL.Host, out.Host = "http", upstream.Listener.Addr().String(), ""
+			resp, err := http.DefaultTransport.RoundTrip(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if got, _ := upstreamQuery.Load().(string); got != tc.wantQuery {
+				t.Fatalf("upstream query %q, want %q", got, tc.wantQuery)
+			}
+		})
 	}
 }

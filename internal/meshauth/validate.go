@@ -19,7 +19,7 @@ var honoured = map[protoreflect.FullName][]protoreflect.Name{
 	"envoy.extensions.filters.http.jwt_authn.v3.JwtProvider": {
 		"issuer", "audiences", "remote_jwks", "local_jwks", "forward",
 		"payload_in_metadata", "clock_skew_seconds", "claim_to_headers",
-		"from_headers", "requires_expiration",
+		"from_headers", "from_params", "requires_expiration",
 	},
 	"envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks":       {"http_uri", "cache_duration", "async_fetch"},
 	"envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader": {"claim_name", "header_name"},
@@ -88,6 +88,14 @@ func checkProvider(path string, p *jwtv3.JwtProvider) error {
 			return fmt.Errorf("%s.from_headers[%d]: only the Authorization header with the Bearer prefix is supported", path, i)
 		}
 	}
+	for i, q := range p.GetFromParams() {
+		if !validParam(q) {
+			return fmt.Errorf("%s.from_params[%d]: %q: want a query parameter name of letters, digits, '_', '.' and '-'", path, i, q)
+		}
+		if slices.Contains(p.GetFromParams()[:i], q) {
+			return fmt.Errorf("%s.from_params[%d]: %q: listed twice", path, i, q)
+		}
+	}
 	for i, c := range p.GetClaimToHeaders() {
 		ok := (c.GetClaimName() == "sub" && strings.EqualFold(c.GetHeaderName(), identity.HeaderSubject)) ||
 			(c.GetClaimName() == "roles" && strings.EqualFold(c.GetHeaderName(), identity.HeaderRoles))
@@ -100,6 +108,21 @@ func checkProvider(path string, p *jwtv3.JwtProvider) error {
 		return fmt.Errorf("%s.clock_skew_seconds: %d: at most 300", path, s)
 	}
 	return nil
+}
+
+// validParam reports whether q is a non-empty query parameter name of
+// [A-Za-z0-9_.-], at most 64 bytes.
+func validParam(q string) bool {
+	if q == "" || len(q) > 64 {
+		return false
+	}
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkFields rejects any set field not in honoured, recursively.
