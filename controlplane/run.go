@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +31,7 @@ import (
 	"github.com/petmesh/petmesh/internal/httpx"
 	"github.com/petmesh/petmesh/internal/jwtauth"
 	"github.com/petmesh/petmesh/internal/telemetry"
+	"github.com/petmesh/petmesh/internal/xds/resource"
 )
 
 // Config is the control plane's configuration.
@@ -112,10 +112,6 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	return c, c.Validate()
 }
 
-// queryParamRE is the charset of -jwt-query-param (the proxies' from_params
-// check is the same).
-var queryParamRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
-
 // Validate checks the configuration; errors name the flag.
 func (c Config) Validate() error {
 	var errs []error
@@ -151,7 +147,7 @@ func (c Config) Validate() error {
 	if c.RegistrationToken != "" && len(c.RegistrationToken) < 16 {
 		errs = append(errs, errors.New("-registration-token-file: the token must be at least 16 characters"))
 	}
-	if c.JWTQueryParam != "" && !queryParamRE.MatchString(c.JWTQueryParam) {
+	if c.JWTQueryParam != "" && !resource.ValidQueryParam(c.JWTQueryParam) {
 		errs = append(errs, fmt.Errorf("-jwt-query-param: %q: want a query parameter name of letters, digits, '_', '.' and '-' (at most 64)", c.JWTQueryParam))
 	}
 	if c.JWKSURL != "" && c.JWKSFile != "" {

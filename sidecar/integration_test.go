@@ -62,7 +62,15 @@ var (
 
 func newIssuer(t *testing.T) *issuer {
 	t.Helper()
-	ks, err := jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: t.TempDir()})
+	return newIssuerIn(t, t.TempDir())
+}
+
+// newIssuerIn is newIssuer (JWKS and the token endpoint of the service
+// account "client") with its signing keys in dir, for tests that forge
+// tokens with them.
+func newIssuerIn(t *testing.T, dir string) *issuer {
+	t.Helper()
+	ks, err := jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

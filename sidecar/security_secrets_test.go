@@ -23,7 +23,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/petmesh/petmesh/controlplane/registry"
-	"github.com/petmesh/petmesh/internal/jwtauth"
 	"github.com/petmesh/petmesh/internal/jwtauth/jwtattack"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 )
@@ -108,35 +107,6 @@ func (s *spanSink) env() []string {
 	}
 }
 
-// issuerWithTokensInDir is newIssuer (JWKS and the token endpoint of the
-// service account "client") with a key directory the test can read.
-func issuerWithTokensInDir(t *testing.T, dir string) *issuer {
-	t.Helper()
-	ks, err := jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	is, err := jwtauth.NewIssuer(jwtauth.IssuerConfig{Issuer: testIssuer, Audience: []string{"petmesh"}, TTL: 15 * time.Minute, Keys: ks})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hashOnce.Do(func() { hashVal, _ = jwtauth.HashPassword(clientSecret, jwtauth.MinBcryptCost) })
-	accounts, err := jwtauth.NewServiceAccounts([]jwtauth.ServiceAccount{{ClientID: "client", SecretHash: hashVal, Roles: []string{"sync"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	th, err := jwtauth.NewTokenHandler(jwtauth.TokenHandlerConfig{Issuer: is, ServiceAccounts: accounts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/auth/token", th)
-	mux.Handle("/.well-known/jwks.json", ks.JWKSHandler())
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	return &issuer{srv: srv, is: is}
-}
-
 // tokenTap is a reverse proxy in front of the issuer's token endpoint that
 // keeps the access tokens it hands out: the service token the client
 // sidecar fetches with its client secret is a secret the test must know.
@@ -190,7 +160,7 @@ func tokenTap(t *testing.T, iss *issuer) (tokenURL string, tokens func() []strin
 // signature part, the client secret, the Basic credentials, or "Bearer ".
 func TestSecuritySidecarSecretsNotInSpans(t *testing.T) {
 	keys := filepath.Join(t.TempDir(), "keys")
-	iss := issuerWithTokensInDir(t, keys)
+	iss := newIssuerIn(t, keys)
 	key, kid, err := jwtattack.ActiveKey(keys)
 	if err != nil {
 		t.Fatal(err)

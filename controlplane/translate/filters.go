@@ -53,7 +53,7 @@ func (in *input) jwtFilter() (*hcm.HttpFilter, error) {
 			ClockSkewSeconds: 30,
 		}
 		for _, q := range p.FromParams {
-			if !validParam(q) {
+			if !resource.ValidQueryParam(q) {
 				return nil, fmt.Errorf("jwt provider %q: from params: %q: want a query parameter name of letters, digits, '_', '.' and '-' (at most 64)", p.Name, q)
 			}
 		}
@@ -98,21 +98,6 @@ func (in *input) jwtFilter() (*hcm.HttpFilter, error) {
 		RequiresAny: &jwtv3.JwtRequirementOrList{Requirements: optional},
 	}}
 	return resource.HTTPFilter(resource.FilterJWTAuthn, cfg), nil
-}
-
-// validParam reports whether q is a query parameter name the proxies
-// accept in from_params: [A-Za-z0-9_.-], 1 to 64 bytes.
-func validParam(q string) bool {
-	if q == "" || len(q) > 64 {
-		return false
-	}
-	for i := 0; i < len(q); i++ {
-		c := q[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // bufferFilter is the buffer filter with the default body limit; routes

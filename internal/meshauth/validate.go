@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/petmesh/petmesh/internal/identity"
+	"github.com/petmesh/petmesh/internal/xds/resource"
 )
 
 // honoured lists, per message, the fields the adapter implements. Any other
@@ -89,7 +90,7 @@ func checkProvider(path string, p *jwtv3.JwtProvider) error {
 		}
 	}
 	for i, q := range p.GetFromParams() {
-		if !validParam(q) {
+		if !resource.ValidQueryParam(q) {
 			return fmt.Errorf("%s.from_params[%d]: %q: want a query parameter name of letters, digits, '_', '.' and '-'", path, i, q)
 		}
 		if slices.Contains(p.GetFromParams()[:i], q) {
@@ -108,21 +109,6 @@ func checkProvider(path string, p *jwtv3.JwtProvider) error {
 		return fmt.Errorf("%s.clock_skew_seconds: %d: at most 300", path, s)
 	}
 	return nil
-}
-
-// validParam reports whether q is a non-empty query parameter name of
-// [A-Za-z0-9_.-], at most 64 bytes.
-func validParam(q string) bool {
-	if q == "" || len(q) > 64 {
-		return false
-	}
-	for i := 0; i < len(q); i++ {
-		c := q[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // checkFields rejects any set field not in honoured, recursively.

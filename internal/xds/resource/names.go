@@ -193,3 +193,20 @@ func ParseNodeID(id string) (NodeID, error) {
 	}
 	return NodeID{}, fmt.Errorf("%w %q: kind must be edge, sidecar or grpc", ErrBadNodeID, id)
 }
+
+// ValidQueryParam reports whether q can name the query parameter a JWT
+// provider takes a token from (jwt_authn from_params): 1 to 64 bytes of
+// [A-Za-z0-9_.-]. The control plane's -jwt-query-param, the translator and
+// the proxies' validation share it.
+func ValidQueryParam(q string) bool {
+	if q == "" || len(q) > 64 {
+		return false
+	}
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
