@@ -2,65 +2,19 @@ package edge
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/petmesh/petmesh/internal/jwtauth/jwtattack"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/testutil/jaegertest"
+	"github.com/petmesh/petmesh/internal/testutil/otlptest"
 )
-
-// otlpReceiver is an OTLP/HTTP trace receiver that keeps the raw export
-// requests: OTLP protobuf carries attribute strings as plain bytes, so a
-// secret in any span attribute, event or status is found by a byte search.
-type otlpReceiver struct {
-	*httptest.Server
-	mu     sync.Mutex
-	bodies [][]byte
-}
-
-func newOTLPReceiver(t *testing.T) *otlpReceiver {
-	t.Helper()
-	o := &otlpReceiver{}
-	o.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var rd io.Reader = r.Body
-		if r.Header.Get("Content-Encoding") == "gzip" {
-			zr, err := gzip.NewReader(r.Body)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			rd = zr
-		}
-		b, err := io.ReadAll(rd)
-		if err != nil || r.URL.Path != "/v1/traces" {
-			http.Error(w, "bad export", http.StatusBadRequest)
-			return
-		}
-		o.mu.Lock()
-		o.bodies = append(o.bodies, b)
-		o.mu.Unlock()
-		w.Header().Set("Content-Type", "application/x-protobuf")
-	}))
-	t.Cleanup(o.Close)
-	return o
-}
-
-func (o *otlpReceiver) all() []byte {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return bytes.Join(o.bodies, nil)
-}
 
 // secretsExercise sends requests that carry every kind of secret through a
 // real edge: a login (right and wrong password), a token in the header and
@@ -126,7 +80,7 @@ func secretsExercise(t *testing.T, m *secMesh) (secrets []string, paths []string
 // requests (so the check is not vacuous). It also checks the signing key
 // files the edge generated at its first start: directory 0700, files 0600.
 func TestSecuritySecretsNotLeaked(t *testing.T) {
-	otlp := newOTLPReceiver(t)
+	otlp := otlptest.NewReceiver(t)
 	m := startSecMesh(t, secOpts{
 		edgeArgs: []string{"-log-level", "debug"},
 		edgeEnv: []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + otlp.URL, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
@@ -139,7 +93,7 @@ func TestSecuritySecretsNotLeaked(t *testing.T) {
 	waitAccessLine(t, m, `"path":"`+last+`"`)
 	tu.Eventually(t, 20*time.Second, func() error {
 		for _, p := range paths {
-			if !bytes.Contains(otlp.all(), []byte(p)) {
+			if !bytes.Contains(otlp.Raw(), []byte(p)) {
 				return fmt.Errorf("no exported span for %s yet", p)
 			}
 		}
@@ -149,7 +103,7 @@ func TestSecuritySecretsNotLeaked(t *testing.T) {
 	if !strings.Contains(log, `"level":"DEBUG"`) && !strings.Contains(log, `"msg":"access"`) {
 		t.Fatalf("the edge's log is empty:\n%s", log)
 	}
-	spans := otlp.all()
+	spans := otlp.Raw()
 	for _, s := range secrets {
 		if strings.Contains(log, s) {
 			t.Errorf("the edge's log holds a secret (%.12s…)", s)

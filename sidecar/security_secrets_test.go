@@ -2,7 +2,6 @@ package sidecar_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,94 +17,11 @@ import (
 	"testing"
 	"time"
 
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/internal/jwtauth/jwtattack"
 	tu "github.com/petmesh/petmesh/internal/testutil"
+	"github.com/petmesh/petmesh/internal/testutil/otlptest"
 )
-
-// spanSink is an OTLP/HTTP trace receiver that keeps every export request
-// both raw (OTLP protobuf carries attribute strings, span names, event
-// attributes and status messages as plain bytes) and decoded to protojson
-// text, and counts the spans it got.
-type spanSink struct {
-	*httptest.Server
-	mu    sync.Mutex
-	raw   [][]byte
-	text  []string
-	spans int
-	names map[string]int
-}
-
-func newSpanSink(t *testing.T) *spanSink {
-	t.Helper()
-	s := &spanSink{names: map[string]int{}}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var rd io.Reader = r.Body
-		if r.Header.Get("Content-Encoding") == "gzip" {
-			zr, err := gzip.NewReader(r.Body)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			rd = zr
-		}
-		b, err := io.ReadAll(rd)
-		if err != nil || r.URL.Path != "/v1/traces" {
-			http.Error(w, "bad export", http.StatusBadRequest)
-			return
-		}
-		var req coltracepb.ExportTraceServiceRequest
-		if err := proto.Unmarshal(b, &req); err != nil {
-			t.Errorf("an OTLP export that is not an ExportTraceServiceRequest: %v", err)
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		js, err := protojson.Marshal(&req)
-		if err != nil {
-			t.Errorf("protojson: %v", err)
-		}
-		s.mu.Lock()
-		s.raw = append(s.raw, b)
-		s.text = append(s.text, string(js))
-		for _, rs := range req.GetResourceSpans() {
-			for _, ss := range rs.GetScopeSpans() {
-				for _, sp := range ss.GetSpans() {
-					s.spans++
-					s.names[sp.GetName()]++
-				}
-			}
-		}
-		s.mu.Unlock()
-		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
-		w.Header().Set("Content-Type", "application/x-protobuf")
-		_, _ = w.Write(out)
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-// snapshot returns the raw export bodies joined, their protojson text
-// joined, the span count and the span names seen.
-func (s *spanSink) snapshot() (raw []byte, text string, spans int, names map[string]int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	names = make(map[string]int, len(s.names))
-	for k, v := range s.names {
-		names[k] = v
-	}
-	return bytes.Join(s.raw, nil), strings.Join(s.text, "\n"), s.spans, names
-}
-
-func (s *spanSink) env() []string {
-	return []string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT=" + s.URL, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", "OTEL_TRACES_EXPORTER=otlp",
-		"OTEL_TRACES_SAMPLER=traceidratio", "OTEL_TRACES_SAMPLER_ARG=1", "OTEL_BSP_SCHEDULE_DELAY=100",
-	}
-}
 
 // tokenTap is a reverse proxy in front of the issuer's token endpoint that
 // keeps the access tokens it hands out: the service token the client
@@ -180,11 +96,11 @@ func TestSecuritySidecarSecretsNotInSpans(t *testing.T) {
 		t.Fatalf("jwtattack cases renamed: found %v", bad)
 	}
 
-	sink := newSpanSink(t)
+	sink := otlptest.NewReceiver(t)
 	cp := startControlPlane(t, iss)
 	echoApp, _ := countingApp(t)
 	clientApp := newApp(t, true)
-	env := sink.env()
+	env := sink.Env()
 	echo := startSidecar(t, sidecarOpts{
 		service: "echo", instance: "echo-secrets", app: echoApp, cp: cp,
 		args: []string{"-log-level", "debug"}, env: env,
@@ -280,7 +196,7 @@ func TestSecuritySidecarSecretsNotInSpans(t *testing.T) {
 	var spans int
 	var names map[string]int
 	tu.Eventually(t, 20*time.Second, func() error {
-		raw, text, spans, names = sink.snapshot()
+		raw, text, spans, names = sink.Snapshot()
 		for _, r := range all {
 			p := strings.SplitN(r.path, "?", 2)[0]
 			if !strings.Contains(text, p) {
