@@ -128,6 +128,19 @@ func TestRemoteJWKSBackgroundRefresh(t *testing.T) {
 	}
 }
 
+// expectLookup looks kid up in r and checks the outcome (wantErr nil: the
+// key is found) and how many fetches srv has served in all.
+func expectLookup(t *testing.T, r *RemoteJWKS, srv *jwksServer, desc, kid string, wantErr error, wantFetch int64) {
+	t.Helper()
+	_, err := r.PublicKey(context.Background(), kid)
+	if !errors.Is(err, wantErr) || (wantErr == nil && err != nil) {
+		t.Fatalf("%s: %v; want %v", desc, err, wantErr)
+	}
+	if n := srv.requests.Load(); n != wantFetch {
+		t.Fatalf("%s: %d fetches; want %d", desc, n, wantFetch)
+	}
+}
+
 func TestRemoteJWKSUnknownKidRefetchWithCooldown(t *testing.T) {
 	a, kidA := newKey(t)
 	b, kidB := newKey(t)
@@ -156,13 +169,7 @@ func TestRemoteJWKSUnknownKidRefetchWithCooldown(t *testing.T) {
 		if s.addB {
 			srv.setKeys(t, a, b)
 		}
-		_, err := r.PublicKey(ctx, s.kid)
-		if !errors.Is(err, s.wantErr) || (s.wantErr == nil && err != nil) {
-			t.Fatalf("%s: %v; want %v", s.desc, err, s.wantErr)
-		}
-		if n := srv.requests.Load(); n != s.wantFetch {
-			t.Fatalf("%s: %d fetches; want %d", s.desc, n, s.wantFetch)
-		}
+		expectLookup(t, r, srv, s.desc, s.kid, s.wantErr, s.wantFetch)
 	}
 	// Concurrent misses after the cooldown share one fetch.
 	clock.Advance(time.Minute)
@@ -369,12 +376,6 @@ func TestRemoteJWKSRefetchSoonerAfterFailures(t *testing.T) {
 		case s.issuerUp:
 			srv.setKeys(t, a, b)
 		}
-		_, err := r.PublicKey(ctx, s.kid)
-		if !errors.Is(err, s.wantErr) || (s.wantErr == nil && err != nil) {
-			t.Fatalf("%s: %v; want %v", s.desc, err, s.wantErr)
-		}
-		if n := srv.requests.Load(); n != s.wantFetch {
-			t.Fatalf("%s: %d fetches; want %d", s.desc, n, s.wantFetch)
-		}
+		expectLookup(t, r, srv, s.desc, s.kid, s.wantErr, s.wantFetch)
 	}
 }
