@@ -103,7 +103,7 @@ func newBenchInbound(b *testing.B, tp trace.TracerProvider) *benchInbound {
 	if err != nil {
 		b.Fatal(err)
 	}
-	al, err := newAccessLog(io.Discard, slog.LevelInfo, []any{"service", "sidecar-pets"}, log, 4096, tel.Registry)
+	al, err := newAccessLog(io.Discard, slog.LevelInfo, []any{"service", "sidecar-pets"}, log, 4096, time.Second, tel.Registry)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -65,6 +65,7 @@ type Config struct {
 	DrainTimeout   time.Duration
 	DeregisterWait time.Duration
 	AccessLog      bool
+	AccessLogFlush time.Duration
 	LogLevel       string
 	Pprof          bool
 	CPUs           int
@@ -113,6 +114,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.Duration(&c.DrainTimeout, "drain-timeout", "SIDECAR_DRAIN_TIMEOUT", 20*time.Second, "how long in-flight requests may take to finish on shutdown, per listener")
 	f.Duration(&c.DeregisterWait, "deregister-wait", "SIDECAR_DEREGISTER_WAIT", 3*time.Second, "after deregistering, the longest wait for the removal to reach the proxies (ends early once this sidecar's own xDS endpoints no longer list it) while inbound keeps serving")
 	f.Bool(&c.AccessLog, "access-log", "SIDECAR_ACCESS_LOG", true, "log every request as a JSON line (msg \"access\")")
+	f.Duration(&c.AccessLogFlush, "access-log-flush-interval", "SIDECAR_ACCESS_LOG_FLUSH_INTERVAL", time.Second, "longest time an access log line waits before it is written (Envoy's access_log_flush_interval); lines are written sooner when 256 are waiting")
 	f.String(&c.LogLevel, "log-level", "SIDECAR_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	f.Bool(&c.Pprof, "pprof", "SIDECAR_PPROF", false, "serve /debug/pprof/ on the admin listener")
 	f.Int(&c.CPUs, "cpus", "SIDECAR_CPUS", 0, "CPUs the sidecar runs Go code on at once (GOMAXPROCS); 0 keeps the Go default (all CPUs, or $GOMAXPROCS). 1 saves about a third of the CPU per request (no cross-thread wake-ups) but gets a smaller share of a machine whose CPUs are contended")
@@ -209,6 +211,9 @@ func (c Config) Validate() error {
 		if (c.ClientSecret == "") == (c.ClientSecretFile == "") {
 			errs = append(errs, errors.New("-client-secret-file: with -token-url set exactly one of -client-secret-file and SIDECAR_CLIENT_SECRET"))
 		}
+	}
+	if c.AccessLogFlush < time.Millisecond || c.AccessLogFlush > time.Minute {
+		errs = append(errs, fmt.Errorf("-access-log-flush-interval: want between 1ms and 1m, got %v", c.AccessLogFlush))
 	}
 	if c.DrainTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-drain-timeout: must be positive, got %v", c.DrainTimeout))

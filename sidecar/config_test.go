@@ -4,10 +4,29 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
-func TestCPUsFlag(t *testing.T) {
+// parseCase parses the flags of one table case on top of a minimal valid
+// command line. With wantErr set it checks that parsing failed naming it
+// and reports ok false; otherwise parsing must succeed.
+func parseCase(t *testing.T, args []string, env map[string]string, wantErr string) (c Config, ok bool) {
+	t.Helper()
 	base := []string{"-service", "pets", "-app-addr", "127.0.0.1:7001", "-registry", "none"}
+	c, err := parseConfig(append(base, args...), func(k string) string { return env[k] }, io.Discard)
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("error %v, want one naming %s", err, wantErr)
+		}
+		return c, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, true
+}
+
+func TestCPUsFlag(t *testing.T) {
 	tests := []struct {
 		desc    string
 		args    []string
@@ -22,17 +41,8 @@ func TestCPUsFlag(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
-			c, err := parseConfig(append(append([]string{}, base...), tc.args...), func(k string) string { return tc.env[k] }, io.Discard)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c.CPUs != tc.want {
+			c, ok := parseCase(t, tc.args, tc.env, tc.wantErr)
+			if ok && c.CPUs != tc.want {
 				t.Fatalf("CPUs %d, want %d", c.CPUs, tc.want)
 			}
 		})
@@ -40,7 +50,6 @@ func TestCPUsFlag(t *testing.T) {
 }
 
 func TestHealthThresholdFlags(t *testing.T) {
-	base := []string{"-service", "pets", "-app-addr", "127.0.0.1:7001", "-registry", "none"}
 	tests := []struct {
 		desc               string
 		args               []string
@@ -57,18 +66,33 @@ func TestHealthThresholdFlags(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
-			c, err := parseConfig(append(append([]string{}, base...), tc.args...), func(k string) string { return tc.env[k] }, io.Discard)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want one naming %s", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c.UnhealthyThreshold != tc.unhealthy || c.HealthyThreshold != tc.healthy || c.XDSDelta != tc.delta {
+			c, ok := parseCase(t, tc.args, tc.env, tc.wantErr)
+			if ok && (c.UnhealthyThreshold != tc.unhealthy || c.HealthyThreshold != tc.healthy || c.XDSDelta != tc.delta) {
 				t.Fatalf("thresholds %d/%d delta %v, want %d/%d %v", c.UnhealthyThreshold, c.HealthyThreshold, c.XDSDelta, tc.unhealthy, tc.healthy, tc.delta)
+			}
+		})
+	}
+}
+
+func TestAccessLogFlushFlag(t *testing.T) {
+	tests := []struct {
+		desc    string
+		args    []string
+		env     map[string]string
+		want    time.Duration
+		wantErr string
+	}{
+		{desc: "default is Envoy's 1s", want: time.Second},
+		{desc: "flag", args: []string{"-access-log-flush-interval", "50ms"}, want: 50 * time.Millisecond},
+		{desc: "environment variable", env: map[string]string{"SIDECAR_ACCESS_LOG_FLUSH_INTERVAL": "5s"}, want: 5 * time.Second},
+		{desc: "zero is refused naming the flag", args: []string{"-access-log-flush-interval", "0s"}, wantErr: "-access-log-flush-interval"},
+		{desc: "over a minute is refused naming the flag", args: []string{"-access-log-flush-interval", "2m"}, wantErr: "-access-log-flush-interval"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			c, ok := parseCase(t, tc.args, tc.env, tc.wantErr)
+			if ok && c.AccessLogFlush != tc.want {
+				t.Fatalf("flush interval %v, want %v", c.AccessLogFlush, tc.want)
 			}
 		})
 	}

@@ -148,7 +148,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		if v := getenv("OTEL_SERVICE_NAME"); v != "" {
 			svcName = v
 		}
-		al, err := newAccessLog(logOut, level, []any{"service", svcName, "instance", cfg.Instance}, log, 1024, tel.Registry)
+		al, err := newAccessLog(logOut, level, []any{"service", svcName, "instance", cfg.Instance}, log, accessLogSize, cfg.AccessLogFlush, tel.Registry)
 		if err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package sidecar_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -103,12 +104,12 @@ func TestSecuritySidecarSecretsNotInSpans(t *testing.T) {
 	env := sink.Env()
 	echo := startSidecar(t, sidecarOpts{
 		service: "echo", instance: "echo-secrets", app: echoApp, cp: cp,
-		args: []string{"-log-level", "debug"}, env: env,
+		args: []string{"-log-level", "debug", "-access-log-flush-interval", "10ms"}, env: env,
 	})
 	tapURL, served := tokenTap(t, iss)
 	client := startSidecar(t, sidecarOpts{
 		service: "client", instance: "client-secrets", app: clientApp, cp: cp,
-		args: []string{"-log-level", "debug", "-token-url", tapURL, "-client-id", "client"},
+		args: []string{"-log-level", "debug", "-access-log-flush-interval", "10ms", "-token-url", tapURL, "-client-id", "client"},
 		env:  append([]string{"SIDECAR_CLIENT_SECRET=" + clientSecret}, env...),
 	})
 	waitReady(t, echo)
@@ -212,12 +213,18 @@ func TestSecuritySidecarSecretsNotInSpans(t *testing.T) {
 	})
 	t.Logf("%d spans exported in %d bytes; names: %v", spans, len(raw), names)
 
-	logs := map[string]string{"echo": echo.Output(), "client": client.Output()}
-	for who, l := range logs {
-		if !strings.Contains(l, `"level":"DEBUG"`) && !strings.Contains(l, `"msg":"access"`) {
-			t.Fatalf("the %s sidecar's log is empty:\n%s", who, l)
+	// Every request's access line is written (they are flushed every 10ms).
+	var logs map[string]string
+	tu.Eventually(t, 5*time.Second, func() error {
+		logs = map[string]string{"echo": echo.Output(), "client": client.Output()}
+		if n := strings.Count(logs["echo"], `"msg":"access"`); n < len(all) {
+			return fmt.Errorf("%d access lines in the echo sidecar's log, want at least %d", n, len(all))
 		}
-	}
+		if !strings.Contains(logs["client"], `"msg":"access"`) {
+			return errors.New("no access line in the client sidecar's log")
+		}
+		return nil
+	})
 	if !strings.Contains(logs["echo"], "/echo/secrets-forged") {
 		t.Errorf("the echo sidecar's log lacks the refused request (access log off?)")
 	}
