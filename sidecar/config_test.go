@@ -34,7 +34,8 @@ func TestCPUsFlag(t *testing.T) {
 		want    int
 		wantErr string
 	}{
-		{desc: "default keeps the Go default", want: 0},
+		{desc: "default is one CPU, as Linkerd's proxy", want: 1},
+		{desc: "zero keeps the Go default", args: []string{"-cpus", "0"}, want: 0},
 		{desc: "flag", args: []string{"-cpus", "1"}, want: 1},
 		{desc: "environment variable", env: map[string]string{"SIDECAR_CPUS": "2"}, want: 2},
 		{desc: "negative is refused naming the flag", args: []string{"-cpus", "-1"}, wantErr: "-cpus"},
