@@ -179,6 +179,11 @@ func TestObservability(t *testing.T) {
 		})
 	})
 	checkLoad(t, ld, 1)
+
+	// After the background load, whose requests must all succeed.
+	t.Run("retry and ejection panels read real counters", func(t *testing.T) {
+		m.failPets(t, p, m.token("alice"), m.token("ops"))
+	})
 }
 
 // localScrapeConfig renders observability/prometheus/prometheus.local.yml
@@ -472,11 +477,10 @@ func (m *mesh) driveObservedTraffic(t *testing.T, p *promtest.Prometheus) {
 	m.tripCircuit(t, p, ops)
 }
 
-// tripCircuit stores a route table whose stats service allows one request
-// at a time, sends bursts to /stats until the edge sheds one (503, circuit
-// open), lets the circuit close again, and rolls the table back. The
-// change also makes every proxy ACK two new versions (convergence).
-func (m *mesh) tripCircuit(t *testing.T, p *promtest.Prometheus, ops string) {
+// changeTable stores the current route table as modified by change (of
+// the table's "services" map) with message, waits until every proxy has
+// ACKed it, and returns the version it replaced; rollbackTable goes back.
+func (m *mesh) changeTable(t *testing.T, ops, message string, change func(services map[string]any)) (prev int) {
 	t.Helper()
 	var cur struct {
 		Version int            `json:"version"`
@@ -486,12 +490,11 @@ func (m *mesh) tripCircuit(t *testing.T, p *promtest.Prometheus, ops string) {
 		t.Fatal(err)
 	}
 	services, _ := cur.Table["services"].(map[string]any)
-	stats, _ := services["stats"].(map[string]any)
-	if stats == nil {
-		t.Fatalf("no service stats in the route table: %v", cur.Table)
+	if services == nil {
+		t.Fatalf("no services in the route table: %v", cur.Table)
 	}
-	stats["circuit_breaker"] = map[string]any{"max_requests": 1}
-	b, err := json.Marshal(map[string]any{"table": cur.Table, "message": "e2e: stats one request at a time"})
+	change(services)
+	b, err := json.Marshal(map[string]any{"table": cur.Table, "message": message})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -510,8 +513,74 @@ func (m *mesh) tripCircuit(t *testing.T, p *promtest.Prometheus, ops string) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("PUT /v1/routes: status %d", resp.StatusCode)
 	}
-	changed := cur.Version + 1
-	testutil.Eventually(t, 20*time.Second, func() error { return m.allSynced(changed) })
+	testutil.Eventually(t, 20*time.Second, func() error { return m.allSynced(cur.Version + 1) })
+	return cur.Version
+}
+
+// rollbackTable rolls the route table back to version prev with petctl
+// and waits until every proxy has ACKed the new version.
+func (m *mesh) rollbackTable(t *testing.T, prev int) {
+	t.Helper()
+	if out, err := m.runPetctl("routes", "rollback", strconv.Itoa(prev)); err != nil {
+		t.Fatalf("petctl routes rollback: %v\n%s", err, out)
+	}
+	testutil.Eventually(t, 20*time.Second, func() error { return m.allSynced(prev + 2) })
+}
+
+// failPets makes both pets sidecars answer every request with an injected
+// 503 until the edge has retried one and ejected a pets instance, as
+// Prometheus sees it, so that the dashboards' retry and ejection panels
+// show the real counters and not only their "or … * 0" fallback; then it
+// rolls the table back. The ejection lasts its base_ejection_time (10s);
+// outlier detection never ejects the last pets instance.
+func (m *mesh) failPets(t *testing.T, p *promtest.Prometheus, alice, ops string) {
+	t.Helper()
+	prev := m.changeTable(t, ops, "e2e: pets fails", func(services map[string]any) {
+		pets, _ := services["pets"].(map[string]any)
+		if pets == nil {
+			t.Fatal("no service pets in the route table")
+		}
+		pets["fault"] = map[string]any{"abort": map[string]any{"percent": 100, "status": 503}}
+	})
+	ctx := testutil.Context(t)
+	testutil.Eventually(t, 30*time.Second, func() error {
+		resp, body, err := m.do(http.MethodGet, m.edgeURL("/pets?limit=1"), alice, nil)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			return fmt.Errorf("GET /pets with pets failing: status %d, want 503: %s", resp.StatusCode, body)
+		}
+		for _, q := range []string{
+			`sum(petmesh_dataplane_upstream_rq_retry_total{job="edge", cluster="pets"}) > 0`,
+			`sum(petmesh_dataplane_outlier_ejections_total{job="edge", cluster="pets"}) > 0`,
+		} {
+			r, err := p.Query(ctx, q)
+			if err != nil {
+				return err
+			}
+			if !r.HasData() {
+				return fmt.Errorf("no data from %s yet", q)
+			}
+		}
+		return nil
+	})
+	m.rollbackTable(t, prev)
+}
+
+// tripCircuit stores a route table whose stats service allows one request
+// at a time, sends bursts to /stats until the edge sheds one (503, circuit
+// open), lets the circuit close again, and rolls the table back. The
+// change also makes every proxy ACK two new versions (convergence).
+func (m *mesh) tripCircuit(t *testing.T, p *promtest.Prometheus, ops string) {
+	t.Helper()
+	prev := m.changeTable(t, ops, "e2e: stats one request at a time", func(services map[string]any) {
+		stats, _ := services["stats"].(map[string]any)
+		if stats == nil {
+			t.Fatal("no service stats in the route table")
+		}
+		stats["circuit_breaker"] = map[string]any{"max_requests": 1}
+	})
 
 	url := m.edgeURL("/stats/requests?window=1h&by=route")
 	testutil.Eventually(t, 20*time.Second, func() error {
@@ -551,8 +620,5 @@ func (m *mesh) tripCircuit(t *testing.T, p *promtest.Prometheus, ops string) {
 		return nil
 	})
 
-	if out, err := m.runPetctl("routes", "rollback", strconv.Itoa(cur.Version)); err != nil {
-		t.Fatalf("petctl routes rollback: %v\n%s", err, out)
-	}
-	testutil.Eventually(t, 20*time.Second, func() error { return m.allSynced(changed + 1) })
+	m.rollbackTable(t, prev)
 }
