@@ -135,6 +135,20 @@ func TestRequestID(t *testing.T) {
 	}
 }
 
+func TestNewRequestIDIsUniqueHex(t *testing.T) {
+	seen := map[string]bool{}
+	for range 10000 {
+		id := NewRequestID()
+		if len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
+			t.Fatalf("id %q: want 32 lowercase hex digits", id)
+		}
+		if seen[id] {
+			t.Fatalf("id %q generated twice", id)
+		}
+		seen[id] = true
+	}
+}
+
 func TestRecoverWritesJSON500(t *testing.T) {
 	var logs bytes.Buffer
 	h := Recover(slog.New(slog.NewJSONHandler(&logs, nil)))(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {

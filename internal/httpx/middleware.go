@@ -1,10 +1,11 @@
 package httpx
 
 import (
-	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"runtime/debug"
 	"strings"
@@ -19,10 +20,15 @@ import (
 // HeaderRequestID is the request correlation header.
 const HeaderRequestID = "X-Request-Id"
 
-// NewRequestID returns a random 128-bit id in hex.
+// NewRequestID returns a random 128-bit id in hex. A request id
+// correlates log lines and is no secret, so it comes from math/rand/v2's
+// ChaCha8 generator (seeded by the runtime from the OS, per thread), as
+// Envoy's x-request-id comes from its ordinary random generator: a
+// crypto/rand read cost the edge and every sidecar about 4 µs per request.
 func NewRequestID() string {
 	var b [16]byte
-	_, _ = rand.Read(b[:])
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
 	return hex.EncodeToString(b[:])
 }
 
