@@ -59,10 +59,27 @@ func run(ctx context.Context) error {
 	sequential := flag.Bool("sequential", false, "measure the app directly first and then through the sidecar, instead of both at once")
 	sidecarEnv := flag.String("sidecar-env", "", "space-separated VAR=value pairs added to the sidecar's environment (e.g. \"GOGC=50 GOMEMLIMIT=12MiB\")")
 	ldflags := flag.String("ldflags", "", "go build -ldflags for the sidecar built here (e.g. \"-s -w\": no symbol table or DWARF)")
+	refs := flag.String("references", "", "after the sidecar's run, measure these reference proxies in front of the same app at the same rate, one at a time: comma-separated "+strings.Join(referenceNames, ", ")+", or all")
 	serveApp := flag.Bool("serve-app", false, "internal: serve the benchmark app (the bench starts itself with it as a child process)")
+	serveProxy := flag.String("serve-proxy", "", "internal: serve this Go reference proxy in front of -backend")
+	backend := flag.String("backend", "", "internal: the -serve-proxy backend, host:port")
 	flag.Parse()
 	if *serveApp {
 		return runApp(ctx)
+	}
+	if *serveProxy != "" {
+		return runProxy(ctx, *serveProxy, *backend)
+	}
+	var refNames []string
+	if *refs == "all" {
+		refNames = referenceNames
+	} else if *refs != "" {
+		refNames = strings.Split(*refs, ",")
+		for _, n := range refNames {
+			if !slices.Contains(referenceNames, n) {
+				return fmt.Errorf("-references: unknown %q (want %s, or all)", n, strings.Join(referenceNames, ", "))
+			}
+		}
 	}
 
 	dir, err := os.MkdirTemp("", "petmesh-bench-")
@@ -268,6 +285,20 @@ func run(ctx context.Context) error {
 			}
 		}
 		fmt.Println()
+	}
+	if len(refNames) > 0 {
+		fmt.Printf("\nreference proxies in front of the same app, %d rps, one at a time after the sidecar (%v warm-up, %v measured):\n", *rps, *warm, *dur)
+		for _, name := range refNames {
+			r, err := startReference(ctx, self, dir, name, appAddr)
+			if err != nil {
+				return err
+			}
+			err = measureReference(ctx, r, *rps, *warm, *dur, perReq)
+			r.p.stop()
+			if err != nil {
+				return err
+			}
+		}
 	}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("machine load average at the end: %s", b)
