@@ -29,6 +29,7 @@ func testAuth(t *testing.T, m *mesh) {
 		{desc: "viewer lists pets", method: http.MethodGet, path: "/pets?limit=5", token: alice, want: http.StatusOK},
 		{desc: "no token", method: http.MethodGet, path: "/pets", want: http.StatusUnauthorized},
 		{desc: "garbage token", method: http.MethodGet, path: "/pets", token: "not.a.jwt", want: http.StatusUnauthorized},
+		{desc: "a token in the query string is refused by default", method: http.MethodGet, path: "/pets?limit=5&access_token=" + alice, want: http.StatusUnauthorized},
 		{desc: "viewer on sync", method: http.MethodGet, path: "/sync/runs", token: alice, want: http.StatusForbidden},
 		{desc: "viewer starts a sync", method: http.MethodPost, path: "/sync/runs", token: alice, want: http.StatusForbidden},
 		{desc: "admin on sync", method: http.MethodGet, path: "/sync/runs", token: ops, want: http.StatusOK},

@@ -435,8 +435,16 @@ func (a *authenticator) Authenticate(r *http.Request, req *dataplane.AuthRequire
 	if o.claims == nil {
 		return identity.Identity{}, nil
 	}
-	if o.prov != nil && !o.prov.forward {
+	switch {
+	case o.prov != nil && !o.prov.forward:
 		r.Header.Del("Authorization")
+	case len(r.Header["Authorization"]) == 0 && tok != "":
+		// The token came in the query string, which token removed from
+		// the URL. A forwarding provider hands it on in the Authorization
+		// header, so the next hop (a sidecar verifying again) gets it
+		// without it ever reaching an upstream URL, cache key or log.
+		// (Envoy would forward it where it came, in the query string.)
+		r.Header.Set("Authorization", "Bearer "+tok)
 	}
 	return o.claims.Identity(), nil
 }

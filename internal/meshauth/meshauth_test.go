@@ -434,16 +434,22 @@ func TestQueryToken(t *testing.T) {
 	// "other" accepts "tok"; only requirements naming it take it.
 	other := testProvider(nil)
 	other.FromParams = []string{"tok"}
+	// "quiet" accepts "q" and does not forward the token.
+	quiet := testProvider(nil)
+	quiet.FromParams = []string{"q"}
+	quiet.Forward = false
 	c := config(p)
 	c.Providers["other"] = other
+	c.Providers["quiet"] = quiet
 	withParam, err := f.Auth(c)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	var upstreamQuery atomic.Value
+	var upstreamQuery, upstreamAuth atomic.Value
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		upstreamQuery.Store(r.URL.RawQuery)
+		upstreamAuth.Store(r.Header.Get("Authorization"))
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	defer upstream.Close()
@@ -458,16 +464,17 @@ func TestQueryToken(t *testing.T) {
 		message   string
 		subject   string
 		wantQuery string
+		wantAuth  string // the Authorization header the upstream gets
 	}{
 		{desc: "default: access_token refused", a: dflt, req: reqProvider("petmesh"), query: "access_token=" + good, status: 401,
 			message: "tokens in the query string are not accepted; use the Authorization header"},
 		{desc: "default: jwt param is not a token", a: dflt, req: reqProvider("petmesh"), query: "jwt=" + good, status: 401, message: "bearer token required"},
-		{desc: "configured: token in param", a: withParam, req: reqProvider("petmesh"), query: "a=1&jwt=" + good + "&b=x%20y", subject: "alice", wantQuery: "a=1&b=x%20y"},
-		{desc: "configured: only param", a: withParam, req: reqProvider("petmesh"), query: "jwt=" + good, subject: "alice", wantQuery: ""},
-		{desc: "configured: escaped name", a: withParam, req: reqProvider("petmesh"), query: "j%77t=" + good + "&a=1", subject: "alice", wantQuery: "a=1"},
-		{desc: "configured: optional requirement", a: withParam, req: reqAny(reqProvider("petmesh"), allowMissing), query: "jwt=" + good, subject: "alice", wantQuery: ""},
-		{desc: "configured: allow_missing alone", a: withParam, req: allowMissing, query: "tok=" + good, subject: "alice", wantQuery: ""},
-		{desc: "configured: header wins, param stripped", a: withParam, req: reqProvider("petmesh"), header: "Bearer " + bob, query: "jwt=" + good + "&a=1", subject: "bob", wantQuery: "a=1"},
+		{desc: "configured: token in param", a: withParam, req: reqProvider("petmesh"), query: "a=1&jwt=" + good + "&b=x%20y", subject: "alice", wantQuery: "a=1&b=x%20y", wantAuth: "Bearer " + good},
+		{desc: "configured: only param", a: withParam, req: reqProvider("petmesh"), query: "jwt=" + good, subject: "alice", wantQuery: "", wantAuth: "Bearer " + good},
+		{desc: "configured: escaped name", a: withParam, req: reqProvider("petmesh"), query: "j%77t=" + good + "&a=1", subject: "alice", wantQuery: "a=1", wantAuth: "Bearer " + good},
+		{desc: "configured: optional requirement", a: withParam, req: reqAny(reqProvider("petmesh"), allowMissing), query: "jwt=" + good, subject: "alice", wantQuery: "", wantAuth: "Bearer " + good},
+		{desc: "configured: allow_missing alone", a: withParam, req: allowMissing, query: "tok=" + good, subject: "alice", wantQuery: "", wantAuth: "Bearer " + good},
+		{desc: "configured: header wins, param stripped", a: withParam, req: reqProvider("petmesh"), header: "Bearer " + bob, query: "jwt=" + good + "&a=1", subject: "bob", wantQuery: "a=1", wantAuth: "Bearer " + bob},
 		{desc: "configured: two values", a: withParam, req: reqProvider("petmesh"), query: "jwt=" + good + "&jwt=" + good, status: 401, message: "more than one token in the query string"},
 		{desc: "configured: empty value", a: withParam, req: reqProvider("petmesh"), query: "jwt=", status: 401, message: "malformed token"},
 		{desc: "configured: bad token", a: withParam, req: reqProvider("petmesh"), query: "jwt=a.b.c", status: 401},
@@ -475,7 +482,8 @@ func TestQueryToken(t *testing.T) {
 			message: "tokens in the query string are not accepted; use the Authorization header"},
 		{desc: "configured: another provider's param refused", a: withParam, req: reqProvider("petmesh"), query: "tok=" + good, status: 401,
 			message: "tokens in the query string are not accepted; use the Authorization header"},
-		{desc: "configured: the other provider's requirement takes it", a: withParam, req: reqProvider("other"), query: "tok=" + good, subject: "alice", wantQuery: ""},
+		{desc: "configured: the other provider's requirement takes it", a: withParam, req: reqProvider("other"), query: "tok=" + good, subject: "alice", wantQuery: "", wantAuth: "Bearer " + good},
+		{desc: "configured: a provider without forward drops it", a: withParam, req: reqProvider("quiet"), query: "q=" + good + "&a=1", subject: "alice", wantQuery: "a=1", wantAuth: ""},
 		{desc: "configured: no token", a: withParam, req: reqProvider("petmesh"), query: "a=1", status: 401, message: "bearer token required"},
 	}
 	for _, tc := range tests {
@@ -518,6 +526,9 @@ func TestQueryToken(t *testing.T) {
 			resp.Body.Close()
 			if got, _ := upstreamQuery.Load().(string); got != tc.wantQuery {
 				t.Fatalf("upstream query %q, want %q", got, tc.wantQuery)
+			}
+			if got, _ := upstreamAuth.Load().(string); got != tc.wantAuth {
+				t.Fatalf("upstream Authorization %.20q…, want %.20q… (forwarded in the header, not the URL)", got, tc.wantAuth)
 			}
 		})
 	}
