@@ -21,6 +21,7 @@ func TestMeshConsul(t *testing.T) {
 		run  func(*testing.T, *mesh)
 	}{
 		{"auth", testAuth},
+		{"a second control plane on the same Consul", testSecondControlPlane},
 		{"control plane stopped and restarted", testControlPlaneRestart},
 		// The sidecar reports the dead app critical on its next check;
 		// Consul's blocking query carries it to the control plane.

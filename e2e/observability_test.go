@@ -478,15 +478,17 @@ func (m *mesh) driveObservedTraffic(t *testing.T, p *promtest.Prometheus) {
 }
 
 // changeTable stores the current route table as modified by change (of
-// the table's "services" map) with message, waits until every proxy has
-// ACKed it, and returns the version it replaced; rollbackTable goes back.
-func (m *mesh) changeTable(t *testing.T, ops, message string, change func(services map[string]any)) (prev int) {
+// the table's "services" map) with message through the control plane API
+// at api (a base URL; m.apiURL("") is the mesh's own), waits until every
+// proxy has ACKed it, and returns the version it replaced; rollbackTable
+// goes back.
+func (m *mesh) changeTable(t *testing.T, api, ops, message string, change func(services map[string]any)) (prev int) {
 	t.Helper()
 	var cur struct {
 		Version int            `json:"version"`
 		Table   map[string]any `json:"table"`
 	}
-	if err := m.getJSON(m.apiURL("/v1/routes"), ops, &cur); err != nil {
+	if err := m.getJSON(api+"/v1/routes", ops, &cur); err != nil {
 		t.Fatal(err)
 	}
 	services, _ := cur.Table["services"].(map[string]any)
@@ -498,7 +500,7 @@ func (m *mesh) changeTable(t *testing.T, ops, message string, change func(servic
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, err := http.NewRequest(http.MethodPut, m.apiURL("/v1/routes"), bytes.NewReader(b))
+	req, err := http.NewRequest(http.MethodPut, api+"/v1/routes", bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -511,7 +513,7 @@ func (m *mesh) changeTable(t *testing.T, ops, message string, change func(servic
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("PUT /v1/routes: status %d", resp.StatusCode)
+		t.Fatalf("PUT %s/v1/routes: status %d", api, resp.StatusCode)
 	}
 	testutil.Eventually(t, 20*time.Second, func() error { return m.allSynced(cur.Version + 1) })
 	return cur.Version
@@ -535,7 +537,7 @@ func (m *mesh) rollbackTable(t *testing.T, prev int) {
 // outlier detection never ejects the last pets instance.
 func (m *mesh) failPets(t *testing.T, p *promtest.Prometheus, alice, ops string) {
 	t.Helper()
-	prev := m.changeTable(t, ops, "e2e: pets fails", func(services map[string]any) {
+	prev := m.changeTable(t, m.apiURL(""), ops, "e2e: pets fails", func(services map[string]any) {
 		pets, _ := services["pets"].(map[string]any)
 		if pets == nil {
 			t.Fatal("no service pets in the route table")
@@ -574,7 +576,7 @@ func (m *mesh) failPets(t *testing.T, p *promtest.Prometheus, alice, ops string)
 // change also makes every proxy ACK two new versions (convergence).
 func (m *mesh) tripCircuit(t *testing.T, p *promtest.Prometheus, ops string) {
 	t.Helper()
-	prev := m.changeTable(t, ops, "e2e: stats one request at a time", func(services map[string]any) {
+	prev := m.changeTable(t, m.apiURL(""), ops, "e2e: stats one request at a time", func(services map[string]any) {
 		stats, _ := services["stats"].(map[string]any)
 		if stats == nil {
 			t.Fatal("no service stats in the route table")
