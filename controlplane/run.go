@@ -352,7 +352,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		_ = apiSrv.HTTPServer().Close()
 		return fmt.Errorf("-xds-addr: %w", err)
 	}
-	grpcOpts, err := xdsServerOptions(cfg, log, tel.Registry)
+	grpcOpts, err := xdsServerOptions(cfg, log, tel.Registry, spawn)
 	if err != nil {
 		_ = apiSrv.HTTPServer().Close()
 		_ = xln.Close()
@@ -379,7 +379,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 // Without -xds-token-file xDS stays open, as before (make run), with a
 // loud warning: anyone who reaches the port reads every route, endpoint
 // and JWT provider.
-func xdsServerOptions(cfg Config, log *slog.Logger, reg prometheus.Registerer) ([]grpc.ServerOption, error) {
+func xdsServerOptions(cfg Config, log *slog.Logger, reg prometheus.Registerer, spawn func(string, func(context.Context) error)) ([]grpc.ServerOption, error) {
 	var opts []grpc.ServerOption
 	if cfg.XDSTokenFile != "" {
 		auth, err := xds.NewTokenAuth(xds.TokenAuthOptions{File: cfg.XDSTokenFile, Logger: log, Registerer: reg})
@@ -387,6 +387,7 @@ func xdsServerOptions(cfg Config, log *slog.Logger, reg prometheus.Registerer) (
 			return nil, fmt.Errorf("-xds-token-file: %w", err)
 		}
 		opts = append(opts, auth.ServerOptions()...)
+		spawn("xds-auth", auth.Run) // a removed token ends its open streams
 	} else {
 		log.Warn("XDS UNAUTHENTICATED (no -xds-token-file): any client that reaches the xDS port gets every route, endpoint and JWT provider; set -xds-token-file outside development")
 	}

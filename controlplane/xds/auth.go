@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -42,8 +43,10 @@ type TokenAuthOptions struct {
 	// File holds the accepted tokens, one per line; blank lines and lines
 	// starting with '#' are ignored. It is read again when its size or
 	// modification time changes (checked at most once a second, when a
-	// stream opens), so tokens rotate without a restart: add the new
-	// token, roll the proxies, remove the old one. A file that becomes
+	// stream opens, and every second while Run runs), so tokens rotate
+	// without a restart: add the new token, roll the proxies, remove the
+	// old one. Removing a token also ends the open streams that presented
+	// it (Unauthenticated, "xds token revoked"). A file that becomes
 	// unreadable or invalid keeps the previous tokens (logged).
 	File string
 	// Logger logs refusals and reloads; default discards.
@@ -67,7 +70,13 @@ type TokenAuth struct {
 	modTime   time.Time
 	size      int64
 	checkedAt time.Time
+	// open are the cancel functions of the open streams, by the digest
+	// of the token each presented.
+	open map[[sha256.Size]byte]map[*context.CancelCauseFunc]struct{}
 }
+
+// errRevoked ends a stream whose token was removed from the file.
+var errRevoked = errors.New("xds token revoked")
 
 // NewTokenAuth loads the token file; an unreadable file, a file without a
 // token or a token shorter than MinTokenLength is an error.
@@ -83,9 +92,10 @@ func NewTokenAuth(opts TokenAuthOptions) (*TokenAuth, error) {
 	}
 	a := &TokenAuth{
 		file: opts.File, log: opts.Logger, now: opts.Now,
+		open: map[[sha256.Size]byte]map[*context.CancelCauseFunc]struct{}{},
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petmesh_xds_auth_failures_total",
-			Help: "xDS streams and calls refused for authentication, by reason (missing, invalid).",
+			Help: "xDS streams and calls refused for authentication, by reason (missing, invalid), and open streams ended because their token was removed (revoked).",
 		}, []string{"reason"}),
 	}
 	if err := a.load(); err != nil {
@@ -176,7 +186,58 @@ func (a *TokenAuth) current() [][sha256.Size]byte {
 		return a.tokens
 	}
 	a.log.Info("xds auth: token file reloaded", "file", a.file, "tokens", len(a.tokens))
+	a.revokeLocked()
 	return a.tokens
+}
+
+// revokeLocked ends the open streams whose token is no longer accepted.
+// a.mu is held.
+func (a *TokenAuth) revokeLocked() {
+	for d, streams := range a.open {
+		if slices.Contains(a.tokens, d) {
+			continue
+		}
+		for cancel := range streams {
+			(*cancel)(errRevoked)
+		}
+		a.failures.WithLabelValues("revoked").Add(float64(len(streams)))
+		a.log.Warn("xds auth: token removed; ending its open streams", "streams", len(streams))
+		delete(a.open, d)
+	}
+}
+
+// Run checks the token file every second until ctx is done, so that a
+// removed token ends its open streams even when no stream opens.
+func (a *TokenAuth) Run(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			a.current()
+		}
+	}
+}
+
+// track registers an open stream's cancel function under digest d; the
+// returned func unregisters it.
+func (a *TokenAuth) track(d [sha256.Size]byte, cancel *context.CancelCauseFunc) func() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.open[d] == nil {
+		a.open[d] = map[*context.CancelCauseFunc]struct{}{}
+	}
+	a.open[d][cancel] = struct{}{}
+	return func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		delete(a.open[d], cancel)
+		if len(a.open[d]) == 0 {
+			delete(a.open, d)
+		}
+	}
 }
 
 // Authorize checks ctx's incoming metadata: nil when it carries
@@ -184,16 +245,22 @@ func (a *TokenAuth) current() [][sha256.Size]byte {
 // error. Every accepted token is compared, in constant time, whatever
 // matches first.
 func (a *TokenAuth) Authorize(ctx context.Context) error {
+	_, err := a.authorize(ctx)
+	return err
+}
+
+// authorize is Authorize, also returning the digest of the accepted token.
+func (a *TokenAuth) authorize(ctx context.Context) ([sha256.Size]byte, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	if len(vals) != 1 {
 		a.failures.WithLabelValues("missing").Inc()
-		return status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
+		return [sha256.Size]byte{}, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
 	}
 	scheme, tok, ok := strings.Cut(vals[0], " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") || tok == "" {
 		a.failures.WithLabelValues("missing").Inc()
-		return status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
+		return [sha256.Size]byte{}, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
 	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
 	match := 0
@@ -202,21 +269,41 @@ func (a *TokenAuth) Authorize(ctx context.Context) error {
 	}
 	if match != 1 {
 		a.failures.WithLabelValues("invalid").Inc()
-		return status.Error(codes.Unauthenticated, "petmesh control plane: invalid xds token")
+		return [sha256.Size]byte{}, status.Error(codes.Unauthenticated, "petmesh control plane: invalid xds token")
 	}
-	return nil
+	return got, nil
 }
 
-// StreamInterceptor refuses streams that Authorize rejects.
+// StreamInterceptor refuses streams that Authorize rejects, and ends an
+// accepted stream with Unauthenticated once its token is removed from the
+// file.
 func (a *TokenAuth) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if err := a.Authorize(ss.Context()); err != nil {
+		d, err := a.authorize(ss.Context())
+		if err != nil {
 			a.log.Warn("xds stream refused", "method", info.FullMethod, "peer", peerAddr(ss.Context()), "error", status.Convert(err).Message())
 			return err
 		}
-		return handler(srv, ss)
+		ctx, cancel := context.WithCancelCause(ss.Context())
+		defer cancel(nil)
+		defer a.track(d, &cancel)()
+		err = handler(srv, &revocableStream{ServerStream: ss, ctx: ctx})
+		if errors.Is(context.Cause(ctx), errRevoked) {
+			a.log.Warn("xds stream ended: its token was removed", "method", info.FullMethod, "peer", peerAddr(ss.Context()))
+			return status.Error(codes.Unauthenticated, "petmesh control plane: xds token revoked")
+		}
+		return err
 	}
 }
+
+// revocableStream is a server stream whose context the interceptor can
+// cancel.
+type revocableStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *revocableStream) Context() context.Context { return s.ctx }
 
 // UnaryInterceptor refuses unary calls that Authorize rejects (ADS has
 // none today; this keeps any later one behind the same check).

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -195,5 +196,74 @@ func TestAuthInterceptorOnServe(t *testing.T) {
 				t.Fatal("no clusters in the response")
 			}
 		})
+	}
+}
+
+// TestAuthRevokesOpenStreams removes a token from the file while streams
+// are open: Run's next check ends the stream that presented it with
+// Unauthenticated ("xds token revoked") and counts it; a stream with a
+// token still in the file goes on being served.
+func TestAuthRevokesOpenStreams(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte(tokA+"\n"+tokB+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	reg := prometheus.NewRegistry()
+	a, err := xds.NewTokenAuth(xds.TokenAuthOptions{File: file, Registerer: reg, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The streams' deadline fails the test if nothing ends the stream.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() { _ = a.Run(ctx) }()
+	h := xdstest.Start(t, xdstest.Options{ServeOptions: a.ServerOptions()})
+	conn, err := grpc.NewClient(h.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	open := func(tok, node string) grpc.BidiStreamingClient[discovery.DiscoveryRequest, discovery.DiscoveryResponse] {
+		t.Helper()
+		sctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+		st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discovery.DiscoveryRequest{Node: xdstest.EdgeNode(node), TypeUrl: resourcev3.ClusterType}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); err != nil {
+			t.Fatalf("first response on the %s stream: %v", node, err)
+		}
+		return st
+	}
+	stA, stB := open(tokA, "a"), open(tokB, "b")
+
+	// Token A is removed; Run's next check (within a second) reloads it.
+	if err := os.WriteFile(file, []byte("# A removed\n"+tokB+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	_, err = stA.Recv()
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(status.Convert(err).Message(), "revoked") {
+		t.Fatalf("the stream of the removed token: %v, want Unauthenticated, token revoked", err)
+	}
+	if got := sample(t, reg, "petmesh_xds_auth_failures_total", "revoked"); got != 1 {
+		t.Errorf("auth failures {reason=revoked} = %v, want 1", got)
+	}
+
+	// The other stream is still served: a new subscription is answered.
+	if err := stB.Send(&discovery.DiscoveryRequest{Node: xdstest.EdgeNode("b"), TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stB.Recv()
+	if err != nil || resp.GetTypeUrl() != resourcev3.ListenerType {
+		t.Fatalf("the stream of the kept token: %v %v, want a listener response", resp.GetTypeUrl(), err)
 	}
 }
