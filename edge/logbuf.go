@@ -5,6 +5,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/petmesh/petmesh/internal/periodic"
 )
 
 // lineBuffer batches access-log lines into few writes: one write per
@@ -52,15 +54,6 @@ func (b *lineBuffer) Flush() error {
 
 // Run flushes every period until ctx is done, then flushes once more.
 func (b *lineBuffer) Run(ctx context.Context, period time.Duration) {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			_ = b.Flush()
-		case <-ctx.Done():
-			_ = b.Flush()
-			return
-		}
-	}
+	periodic.Every(ctx, period, func() { _ = b.Flush() })
+	_ = b.Flush()
 }

@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/petmesh/petmesh/internal/periodic"
 )
 
 // Authentication of the xDS port.
@@ -209,16 +211,8 @@ func (a *TokenAuth) revokeLocked() {
 // Run checks the token file every second until ctx is done, so that a
 // removed token ends its open streams even when no stream opens.
 func (a *TokenAuth) Run(ctx context.Context) error {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			a.current()
-		}
-	}
+	periodic.Every(ctx, time.Second, func() { a.current() })
+	return nil
 }
 
 // track registers an open stream's cancel function under digest d; the

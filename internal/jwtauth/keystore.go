@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/petmesh/petmesh/internal/atomicfile"
+	"github.com/petmesh/petmesh/internal/periodic"
 )
 
 // KeyStore defaults.
@@ -474,18 +475,12 @@ func (ks *KeyStore) PublicKey(_ context.Context, kid string) (*PublicKey, error)
 // Run calls Maintain every MaintainInterval until ctx is done. Errors are
 // logged and retried on the next tick; the current keys keep serving.
 func (ks *KeyStore) Run(ctx context.Context) error {
-	t := time.NewTicker(ks.cfg.MaintainInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := ks.Maintain(); err != nil {
-				ks.cfg.Logger.ErrorContext(ctx, "key store maintenance failed", "error", err)
-			}
+	periodic.Every(ctx, ks.cfg.MaintainInterval, func() {
+		if err := ks.Maintain(); err != nil {
+			ks.cfg.Logger.ErrorContext(ctx, "key store maintenance failed", "error", err)
 		}
-	}
+	})
+	return nil
 }
 
 // JWKSHandler serves the public keys (next, active, retired) as a JWKS

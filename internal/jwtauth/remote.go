@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/petmesh/petmesh/internal/periodic"
 )
 
 // RemoteJWKS defaults.
@@ -346,18 +348,12 @@ func (f *FileJWKS) PublicKey(_ context.Context, kid string) (*PublicKey, error) 
 
 // Run checks the file every interval until ctx is done.
 func (f *FileJWKS) Run(ctx context.Context) error {
-	t := time.NewTicker(f.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if changed, err := f.Reload(); err != nil {
-				f.logger.WarnContext(ctx, "jwks file reload failed; keeping previous keys", "path", f.path, "error", err)
-			} else if changed {
-				f.logger.InfoContext(ctx, "jwks file reloaded", "path", f.path)
-			}
+	periodic.Every(ctx, f.interval, func() {
+		if changed, err := f.Reload(); err != nil {
+			f.logger.WarnContext(ctx, "jwks file reload failed; keeping previous keys", "path", f.path, "error", err)
+		} else if changed {
+			f.logger.InfoContext(ctx, "jwks file reloaded", "path", f.path)
 		}
-	}
+	})
+	return nil
 }
