@@ -2,6 +2,10 @@
 // (POST /events, see services/stats/README.md) asynchronously: Send puts an
 // event in a bounded queue and never blocks; Run drains the queue in batches.
 // What cannot be queued or delivered is counted, never retried forever.
+//
+// Run wakes every FlushInterval, or as soon as a batch is full, never once
+// per event: at a steady rate a wake-up per event costs the sender (the
+// edge) a futex wake and a scheduler round trip per request.
 package statsink
 
 import (
@@ -15,7 +19,9 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,8 +87,12 @@ type Config struct {
 type Sink struct {
 	cfg      Config
 	endpoint string
-	queue    chan Event
 	log      *slog.Logger
+
+	mu      sync.Mutex
+	pending []Event       // queued, at most cfg.QueueSize
+	spare   []Event       // Run's batch, swapped with pending
+	kick    chan struct{} // wakes Run when a batch is full
 
 	dropped     *prometheus.CounterVec
 	sent        prometheus.Counter
@@ -135,7 +145,7 @@ func New(cfg Config) (*Sink, error) {
 	s := &Sink{
 		cfg:      cfg,
 		endpoint: strings.TrimSuffix(cfg.URL, "/") + "/events",
-		queue:    make(chan Event, cfg.QueueSize),
+		kick:     make(chan struct{}, 1),
 		log:      log,
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petmesh_" + cfg.Namespace + "_events_dropped_total",
@@ -166,13 +176,37 @@ func New(cfg Config) (*Sink, error) {
 // Send queues e and returns at once; when the queue is full the event is
 // dropped and counted. It never blocks.
 func (s *Sink) Send(e Event) bool {
-	select {
-	case s.queue <- e:
-		return true
-	default:
+	s.mu.Lock()
+	n := len(s.pending)
+	if n >= s.cfg.QueueSize {
+		s.mu.Unlock()
 		s.dropped.WithLabelValues("queue_full").Inc()
 		return false
 	}
+	s.pending = append(s.pending, e)
+	s.mu.Unlock()
+	if n+1 == s.cfg.BatchSize {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// take returns the queued events and empties the queue.
+func (s *Sink) take() []Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.pending
+	s.pending = s.spare[:0]
+	return out
+}
+
+// give returns the slice take returned, for reuse.
+func (s *Sink) give(b []Event) {
+	clear(b)
+	s.spare = b[:0]
 }
 
 // Counters returns events sent, dropped (all reasons) and failed batches.
@@ -189,48 +223,47 @@ func (s *Sink) Run(ctx context.Context) error {
 			s.log.Error("statsink: panic", "panic", p, "stack", string(debug.Stack()))
 		}
 	}()
-	batch := make([]Event, 0, s.cfg.BatchSize)
 	t := time.NewTicker(s.cfg.FlushInterval)
 	defer t.Stop()
 	var buf bytes.Buffer
 	for {
 		select {
-		case e := <-s.queue:
-			batch = append(batch, e)
-			if len(batch) >= s.cfg.BatchSize {
-				s.post(ctx, &buf, batch)
-				batch = batch[:0]
-			}
+		case <-s.kick:
 		case <-t.C:
-			if len(batch) > 0 {
-				s.post(ctx, &buf, batch)
-				batch = batch[:0]
-			}
 		case <-ctx.Done():
-			// Final flush with its own deadline: ctx is already done.
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.Timeout)
-			defer cancel()
-			for {
-				select {
-				case e := <-s.queue:
-					batch = append(batch, e)
-					if len(batch) < s.cfg.BatchSize {
-						continue
-					}
-				default:
-				}
-				if len(batch) == 0 {
-					return nil
-				}
-				if fctx.Err() != nil {
-					s.dropped.WithLabelValues("shutdown").Add(float64(len(batch) + len(s.queue)))
-					return nil
-				}
-				s.post(fctx, &buf, batch)
-				batch = batch[:0]
-			}
+			s.finish(ctx, &buf, nil)
+			return nil
 		}
+		events := s.take()
+		if left := s.send(ctx, &buf, events); left > 0 { // ctx ended meanwhile
+			s.finish(ctx, &buf, events[len(events)-left:])
+			return nil
+		}
+		s.give(events)
 	}
+}
+
+// finish sends carried and what is still queued with a deadline of its
+// own (ctx is done), and counts what it could not send.
+func (s *Sink) finish(ctx context.Context, buf *bytes.Buffer, carried []Event) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.Timeout)
+	defer cancel()
+	events := append(slices.Clone(carried), s.take()...)
+	if left := s.send(fctx, buf, events); left > 0 {
+		s.dropped.WithLabelValues("shutdown").Add(float64(left))
+	}
+}
+
+// send posts events in batches until ctx is done and returns how many
+// were left unsent.
+func (s *Sink) send(ctx context.Context, buf *bytes.Buffer, events []Event) (left int) {
+	for i := 0; i < len(events); i += s.cfg.BatchSize {
+		if ctx.Err() != nil {
+			return len(events) - i
+		}
+		s.post(ctx, buf, events[i:min(i+s.cfg.BatchSize, len(events))])
+	}
+	return 0
 }
 
 // post sends one batch; one retry after a short pause on a network error or

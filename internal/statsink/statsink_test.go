@@ -103,6 +103,52 @@ func TestDeliversBatchesWithCredentials(t *testing.T) {
 	}
 }
 
+// TestWakesOncePerBatch checks that Send does not wake Run for every
+// event: only the one that fills a batch does, and the ticker sends a
+// lone event within the flush interval.
+func TestWakesOncePerBatch(t *testing.T) {
+	c := &collector{}
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	s, err := New(Config{URL: srv.URL, BatchSize: 4, FlushInterval: time.Hour, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 6; i++ {
+		s.Send(ev(i))
+		if woken, want := len(s.kick) == 1, i >= 4; woken != want {
+			t.Fatalf("after %d events (batch size 4) Run is woken: %v, want %v", i, woken, want)
+		}
+	}
+	// Woken, Run sends all six at once (a batch of 4 and one of 2),
+	// long before its hour-long flush interval.
+	stop := run(t, s)
+	defer stop()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := c.events(); n != 6 {
+			return fmt.Errorf("%d events delivered, want 6", n)
+		}
+		return nil
+	})
+
+	s2, err := New(Config{URL: srv.URL, FlushInterval: 20 * time.Millisecond, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop2 := run(t, s2)
+	defer stop2()
+	s2.Send(ev(7))
+	if len(s2.kick) != 0 {
+		t.Fatal("one event woke Run")
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := c.events(); n != 7 {
+			return fmt.Errorf("%d events delivered, want 7 (the lone one by the ticker)", n)
+		}
+		return nil
+	})
+}
+
 func TestQueueFullNeverBlocks(t *testing.T) {
 	s, err := New(Config{URL: "http://127.0.0.1:1", QueueSize: 3})
 	if err != nil {
@@ -213,7 +259,7 @@ func BenchmarkSend(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if !s.Send(e) {
-			<-s.queue
+			s.give(s.take())
 		}
 	}
 }
