@@ -41,6 +41,7 @@ type accessLog struct {
 	errLog   *slog.Logger // reports write errors
 	failing  bool
 	interval time.Duration
+	size     int // entries that may wait
 	dropped  prometheus.Counter
 
 	mu      sync.Mutex
@@ -59,6 +60,7 @@ func newAccessLog(out io.Writer, level slog.Level, attrs []any, errLog *slog.Log
 		out:      out,
 		errLog:   errLog,
 		interval: interval,
+		size:     size,
 		pending:  make([]dataplane.AccessEntry, 0, size),
 		spare:    make([]dataplane.AccessEntry, 0, size),
 		kick:     make(chan struct{}, 1),
@@ -78,14 +80,14 @@ func newAccessLog(out io.Writer, level slog.Level, attrs []any, errLog *slog.Log
 func (a *accessLog) record(_ context.Context, e *dataplane.AccessEntry) {
 	a.mu.Lock()
 	n := len(a.pending)
-	if n == cap(a.pending) {
+	if n == a.size {
 		a.mu.Unlock()
 		a.dropped.Inc()
 		return
 	}
 	a.pending = append(a.pending, *e)
 	a.mu.Unlock()
-	if n+1 == max(cap(a.pending)/4, 1) {
+	if n+1 == max(a.size/4, 1) {
 		select {
 		case a.kick <- struct{}{}:
 		default:
