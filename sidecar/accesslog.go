@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/petmesh/petmesh/internal/batchq"
 	"github.com/petmesh/petmesh/internal/dataplane"
 	"github.com/petmesh/petmesh/internal/telemetry"
 )
@@ -41,13 +42,8 @@ type accessLog struct {
 	errLog   *slog.Logger // reports write errors
 	failing  bool
 	interval time.Duration
-	size     int // entries that may wait
+	q        *batchq.Queue[dataplane.AccessEntry] // recorded, not formatted yet
 	dropped  prometheus.Counter
-
-	mu      sync.Mutex
-	pending []dataplane.AccessEntry // recorded, not formatted yet; at most cap(pending)
-	spare   []dataplane.AccessEntry // the writer's batch, swapped with pending
-	kick    chan struct{}           // wakes the writer before the interval is up
 }
 
 // newAccessLog returns an access log writing to out in the format of
@@ -60,10 +56,7 @@ func newAccessLog(out io.Writer, level slog.Level, attrs []any, errLog *slog.Log
 		out:      out,
 		errLog:   errLog,
 		interval: interval,
-		size:     size,
-		pending:  make([]dataplane.AccessEntry, 0, size),
-		spare:    make([]dataplane.AccessEntry, 0, size),
-		kick:     make(chan struct{}, 1),
+		q:        batchq.New[dataplane.AccessEntry](size, size/4),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "petmesh_sidecar_access_log_dropped_total",
 			Help: "Access log entries dropped because the log queue was full.",
@@ -78,20 +71,8 @@ func newAccessLog(out io.Writer, level slog.Level, attrs []any, errLog *slog.Log
 
 // record implements dataplane.AccessLogFunc; it never blocks on the writer.
 func (a *accessLog) record(_ context.Context, e *dataplane.AccessEntry) {
-	a.mu.Lock()
-	n := len(a.pending)
-	if n == a.size {
-		a.mu.Unlock()
+	if !a.q.Add(*e) {
 		a.dropped.Inc()
-		return
-	}
-	a.pending = append(a.pending, *e)
-	a.mu.Unlock()
-	if n+1 == max(a.size/4, 1) {
-		select {
-		case a.kick <- struct{}{}:
-		default:
-		}
 	}
 }
 
@@ -102,7 +83,7 @@ func (a *accessLog) run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		select {
-		case <-a.kick:
+		case <-a.q.Ready():
 		case <-t.C:
 		case <-ctx.Done():
 			a.drain()
@@ -114,16 +95,12 @@ func (a *accessLog) run(ctx context.Context) {
 
 // drain formats every recorded entry and writes the buffer out.
 func (a *accessLog) drain() {
-	a.mu.Lock()
-	batch := a.pending
-	a.pending = a.spare[:0]
-	a.mu.Unlock()
+	batch := a.q.Take()
 	for i := range batch {
 		a.write(&batch[i])
 	}
 	a.flush(a.buf.Len())
-	clear(batch) // drop the strings the entries hold
-	a.spare = batch[:0]
+	a.q.Give(batch)
 }
 
 // flush writes the first n buffered bytes (whole lines).

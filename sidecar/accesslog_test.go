@@ -154,7 +154,7 @@ func TestAccessLogWakesOncePerBatch(t *testing.T) {
 	e := &dataplane.AccessEntry{Listener: "inbound", Status: 200}
 	for i := 1; i <= 8; i++ {
 		a.record(context.Background(), e)
-		woken := len(a.kick) == 1
+		woken := len(a.q.Ready()) == 1
 		if want := i >= 4; woken != want {
 			t.Fatalf("after %d of 16 entries the writer is woken: %v, want %v (a quarter of the buffer wakes it)", i, woken, want)
 		}
@@ -171,7 +171,7 @@ func TestAccessLogWakesOncePerBatch(t *testing.T) {
 	go func() { defer close(done); a.run(ctx) }()
 	defer func() { cancel(); <-done }()
 	a.record(context.Background(), e)
-	if len(a.kick) != 0 {
+	if len(a.q.Ready()) != 0 {
 		t.Fatal("one entry woke the writer")
 	}
 	tu.Eventually(t, 5*time.Second, func() error {

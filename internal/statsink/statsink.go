@@ -21,12 +21,12 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/petmesh/petmesh/internal/batchq"
 	"github.com/petmesh/petmesh/internal/identity"
 )
 
@@ -89,10 +89,7 @@ type Sink struct {
 	endpoint string
 	log      *slog.Logger
 
-	mu      sync.Mutex
-	pending []Event       // queued, at most cfg.QueueSize
-	spare   []Event       // Run's batch, swapped with pending
-	kick    chan struct{} // wakes Run when a batch is full
+	q *batchq.Queue[Event] // at most cfg.QueueSize; Run is woken per batch
 
 	dropped     *prometheus.CounterVec
 	sent        prometheus.Counter
@@ -145,7 +142,7 @@ func New(cfg Config) (*Sink, error) {
 	s := &Sink{
 		cfg:      cfg,
 		endpoint: strings.TrimSuffix(cfg.URL, "/") + "/events",
-		kick:     make(chan struct{}, 1),
+		q:        batchq.New[Event](cfg.QueueSize, cfg.BatchSize),
 		log:      log,
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petmesh_" + cfg.Namespace + "_events_dropped_total",
@@ -176,37 +173,11 @@ func New(cfg Config) (*Sink, error) {
 // Send queues e and returns at once; when the queue is full the event is
 // dropped and counted. It never blocks.
 func (s *Sink) Send(e Event) bool {
-	s.mu.Lock()
-	n := len(s.pending)
-	if n >= s.cfg.QueueSize {
-		s.mu.Unlock()
+	if !s.q.Add(e) {
 		s.dropped.WithLabelValues("queue_full").Inc()
 		return false
 	}
-	s.pending = append(s.pending, e)
-	s.mu.Unlock()
-	if n+1 == s.cfg.BatchSize {
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
-	}
 	return true
-}
-
-// take returns the queued events and empties the queue.
-func (s *Sink) take() []Event {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := s.pending
-	s.pending = s.spare[:0]
-	return out
-}
-
-// give returns the slice take returned, for reuse.
-func (s *Sink) give(b []Event) {
-	clear(b)
-	s.spare = b[:0]
 }
 
 // Counters returns events sent, dropped (all reasons) and failed batches.
@@ -228,18 +199,18 @@ func (s *Sink) Run(ctx context.Context) error {
 	var buf bytes.Buffer
 	for {
 		select {
-		case <-s.kick:
+		case <-s.q.Ready():
 		case <-t.C:
 		case <-ctx.Done():
 			s.finish(ctx, &buf, nil)
 			return nil
 		}
-		events := s.take()
+		events := s.q.Take()
 		if left := s.send(ctx, &buf, events); left > 0 { // ctx ended meanwhile
 			s.finish(ctx, &buf, events[len(events)-left:])
 			return nil
 		}
-		s.give(events)
+		s.q.Give(events)
 	}
 }
 
@@ -248,7 +219,7 @@ func (s *Sink) Run(ctx context.Context) error {
 func (s *Sink) finish(ctx context.Context, buf *bytes.Buffer, carried []Event) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.Timeout)
 	defer cancel()
-	events := append(slices.Clone(carried), s.take()...)
+	events := append(slices.Clone(carried), s.q.Take()...)
 	if left := s.send(fctx, buf, events); left > 0 {
 		s.dropped.WithLabelValues("shutdown").Add(float64(left))
 	}

@@ -116,7 +116,7 @@ func TestWakesOncePerBatch(t *testing.T) {
 	}
 	for i := 1; i <= 6; i++ {
 		s.Send(ev(i))
-		if woken, want := len(s.kick) == 1, i >= 4; woken != want {
+		if woken, want := len(s.q.Ready()) == 1, i >= 4; woken != want {
 			t.Fatalf("after %d events (batch size 4) Run is woken: %v, want %v", i, woken, want)
 		}
 	}
@@ -138,7 +138,7 @@ func TestWakesOncePerBatch(t *testing.T) {
 	stop2 := run(t, s2)
 	defer stop2()
 	s2.Send(ev(7))
-	if len(s2.kick) != 0 {
+	if len(s2.q.Ready()) != 0 {
 		t.Fatal("one event woke Run")
 	}
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -259,7 +259,7 @@ func BenchmarkSend(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if !s.Send(e) {
-			s.give(s.take())
+			s.q.Give(s.q.Take())
 		}
 	}
 }
