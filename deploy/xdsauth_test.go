@@ -99,7 +99,7 @@ func xdsTokenProblems(procs []xdsProcess, want map[string]int) []string {
 				continue
 			}
 			for _, tok := range toks {
-				accepted[tok] = true
+				accepted[tok.Value] = true
 			}
 			continue
 		}

@@ -150,7 +150,8 @@ func (a *adsService) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discov
 type stream struct {
 	id    int64
 	delta bool
-	wake  chan struct{} // one slot: something may be due
+	wake  chan struct{}   // one slot: something may be due
+	sctx  context.Context // the gRPC stream's: carries its token's node patterns
 
 	mu    sync.Mutex
 	n     *node  // bound by the first request
@@ -444,7 +445,7 @@ func (st *stream) signal() {
 // serveStream runs one ADS stream until it ends, ctx (Serve's) is done or
 // a request is invalid.
 func (s *Server) serveStream(ctx, sctx context.Context, tr transport, delta bool) error {
-	st := &stream{id: s.nextStream.Add(1), delta: delta, wake: make(chan struct{}, 1)}
+	st := &stream{id: s.nextStream.Add(1), delta: delta, wake: make(chan struct{}, 1), sctx: sctx}
 	defer s.detach(st)
 	// The receiving goroutine ends when Recv fails, which it does once
 	// this handler has returned (gRPC then cancels the stream); Serve
@@ -503,6 +504,10 @@ func (s *Server) handle(st *stream, req *request) error {
 	n := st.n
 	st.mu.Unlock()
 	if n == nil {
+		if id := req.node.GetId(); req.node != nil && !nodeAllowed(st.sctx, id) {
+			s.log.Warn("xds: token may not serve this node", "node", id, "stream", st.id)
+			return status.Errorf(codes.PermissionDenied, "petmesh control plane: this xds token may not serve node %q", id)
+		}
 		var err error
 		s.mu.Lock()
 		n, err = s.attachLocked(st, req.node, now)

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -43,7 +44,11 @@ const MinTokenLength = 16
 // TokenAuthOptions configure NewTokenAuth.
 type TokenAuthOptions struct {
 	// File holds the accepted tokens, one per line; blank lines and lines
-	// starting with '#' are ignored. It is read again when its size or
+	// starting with '#' are ignored. A token may be followed, after
+	// spaces, by node id patterns (path.Match syntax, e.g. "edge~*" or
+	// "sidecar~pets~*"): a stream with that token may then only bind a
+	// node whose id matches one of them (else PermissionDenied); a token
+	// alone serves any node. It is read again when its size or
 	// modification time changes (checked at most once a second, when a
 	// stream opens, and every second while Run runs), so tokens rotate
 	// without a restart: add the new token, roll the proxies, remove the
@@ -69,6 +74,7 @@ type TokenAuth struct {
 
 	mu        sync.Mutex
 	tokens    [][sha256.Size]byte // digests of the accepted tokens
+	nodes     [][]string          // per token: the node id patterns it may bind (nil: any)
 	modTime   time.Time
 	size      int64
 	checkedAt time.Time
@@ -112,26 +118,40 @@ func NewTokenAuth(opts TokenAuthOptions) (*TokenAuth, error) {
 	return a, nil
 }
 
-// ParseTokens parses a token file: one token per line, blank lines and
-// '#' comments ignored, each token at least MinTokenLength characters of
-// printable ASCII without spaces.
-func ParseTokens(b []byte) ([]string, error) {
-	var out []string
+// Token is one line of a token file: the token and the node id patterns
+// (path.Match syntax) it may bind; no patterns means any node.
+type Token struct {
+	Value string
+	Nodes []string
+}
+
+// ParseTokens parses a token file: one token per line, optionally followed
+// by node id patterns separated by spaces; blank lines and '#' comments
+// ignored; each token at least MinTokenLength characters of printable
+// ASCII, each pattern a valid path.Match pattern.
+func ParseTokens(b []byte) ([]Token, error) {
+	var out []Token
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		if len(line) < MinTokenLength {
-			return nil, fmt.Errorf("line %d: token shorter than %d characters", n, MinTokenLength)
-		}
 		for _, r := range line {
-			if r <= ' ' || r > '~' {
-				return nil, fmt.Errorf("line %d: token must be printable ASCII without spaces", n)
+			if (r < ' ' || r > '~') && r != '\t' {
+				return nil, fmt.Errorf("line %d: token must be printable ASCII", n)
 			}
 		}
-		out = append(out, line)
+		fields := strings.Fields(line)
+		if len(fields[0]) < MinTokenLength {
+			return nil, fmt.Errorf("line %d: token shorter than %d characters", n, MinTokenLength)
+		}
+		for _, p := range fields[1:] {
+			if _, err := path.Match(p, ""); err != nil {
+				return nil, fmt.Errorf("line %d: node pattern %q: %w", n, p, err)
+			}
+		}
+		out = append(out, Token{Value: fields[0], Nodes: fields[1:]})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
@@ -158,38 +178,42 @@ func (a *TokenAuth) load() error {
 		return fmt.Errorf("xds auth: token file %s: %w", a.file, err)
 	}
 	digests := make([][sha256.Size]byte, len(toks))
+	nodes := make([][]string, len(toks))
 	for i, t := range toks {
-		digests[i] = sha256.Sum256([]byte(t))
+		digests[i] = sha256.Sum256([]byte(t.Value))
+		if len(t.Nodes) > 0 {
+			nodes[i] = t.Nodes
+		}
 	}
-	a.tokens, a.modTime, a.size = digests, fi.ModTime(), fi.Size()
+	a.tokens, a.nodes, a.modTime, a.size = digests, nodes, fi.ModTime(), fi.Size()
 	return nil
 }
 
-// current returns the accepted digests, reloading the file when it
-// changed (checked at most once a second).
-func (a *TokenAuth) current() [][sha256.Size]byte {
+// current returns the accepted digests and their node patterns,
+// reloading the file when it changed (checked at most once a second).
+func (a *TokenAuth) current() ([][sha256.Size]byte, [][]string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
 	if now.Sub(a.checkedAt) < time.Second {
-		return a.tokens
+		return a.tokens, a.nodes
 	}
 	a.checkedAt = now
 	fi, err := os.Stat(a.file)
 	if err != nil {
 		a.log.Error("xds auth: token file unreadable; keeping the previous tokens", "file", a.file, "error", err)
-		return a.tokens
+		return a.tokens, a.nodes
 	}
 	if fi.ModTime().Equal(a.modTime) && fi.Size() == a.size {
-		return a.tokens
+		return a.tokens, a.nodes
 	}
 	if err := a.load(); err != nil {
 		a.log.Error("xds auth: token file invalid; keeping the previous tokens", "error", err)
-		return a.tokens
+		return a.tokens, a.nodes
 	}
 	a.log.Info("xds auth: token file reloaded", "file", a.file, "tokens", len(a.tokens))
 	a.revokeLocked()
-	return a.tokens
+	return a.tokens, a.nodes
 }
 
 // revokeLocked ends the open streams whose token is no longer accepted.
@@ -239,33 +263,37 @@ func (a *TokenAuth) track(d [sha256.Size]byte, cancel *context.CancelCauseFunc) 
 // error. Every accepted token is compared, in constant time, whatever
 // matches first.
 func (a *TokenAuth) Authorize(ctx context.Context) error {
-	_, err := a.authorize(ctx)
+	_, _, err := a.authorize(ctx)
 	return err
 }
 
-// authorize is Authorize, also returning the digest of the accepted token.
-func (a *TokenAuth) authorize(ctx context.Context) ([sha256.Size]byte, error) {
+// authorize is Authorize, also returning the digest of the accepted token
+// and the node id patterns it may bind (nil: any).
+func (a *TokenAuth) authorize(ctx context.Context) ([sha256.Size]byte, []string, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	if len(vals) != 1 {
 		a.failures.WithLabelValues("missing").Inc()
-		return [sha256.Size]byte{}, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
+		return [sha256.Size]byte{}, nil, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
 	}
 	scheme, tok, ok := strings.Cut(vals[0], " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") || tok == "" {
 		a.failures.WithLabelValues("missing").Inc()
-		return [sha256.Size]byte{}, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
+		return [sha256.Size]byte{}, nil, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
 	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-	match := 0
-	for _, want := range a.current() {
-		match |= subtle.ConstantTimeCompare(got[:], want[:])
+	match, which := 0, 0
+	digests, nodes := a.current()
+	for i, want := range digests {
+		eq := subtle.ConstantTimeCompare(got[:], want[:])
+		match |= eq
+		which = subtle.ConstantTimeSelect(eq, i, which)
 	}
 	if match != 1 {
 		a.failures.WithLabelValues("invalid").Inc()
-		return [sha256.Size]byte{}, status.Error(codes.Unauthenticated, "petmesh control plane: invalid xds token")
+		return [sha256.Size]byte{}, nil, status.Error(codes.Unauthenticated, "petmesh control plane: invalid xds token")
 	}
-	return got, nil
+	return got, nodes[which], nil
 }
 
 // StreamInterceptor refuses streams that Authorize rejects, and ends an
@@ -273,12 +301,12 @@ func (a *TokenAuth) authorize(ctx context.Context) ([sha256.Size]byte, error) {
 // file.
 func (a *TokenAuth) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		d, err := a.authorize(ss.Context())
+		d, nodes, err := a.authorize(ss.Context())
 		if err != nil {
 			a.log.Warn("xds stream refused", "method", info.FullMethod, "peer", peerAddr(ss.Context()), "error", status.Convert(err).Message())
 			return err
 		}
-		ctx, cancel := context.WithCancelCause(ss.Context())
+		ctx, cancel := context.WithCancelCause(withNodePatterns(ss.Context(), nodes))
 		defer cancel(nil)
 		defer a.track(d, &cancel)()
 		err = handler(srv, &revocableStream{ServerStream: ss, ctx: ctx})
@@ -288,6 +316,31 @@ func (a *TokenAuth) StreamInterceptor() grpc.StreamServerInterceptor {
 		}
 		return err
 	}
+}
+
+// nodePatternsKey carries the node id patterns of a stream's token.
+type nodePatternsKey struct{}
+
+func withNodePatterns(ctx context.Context, p []string) context.Context {
+	if p == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, nodePatternsKey{}, p)
+}
+
+// nodeAllowed reports whether the token of the stream with ctx may bind
+// node id: always without patterns (no token file, or a token alone).
+func nodeAllowed(ctx context.Context, id string) bool {
+	p, _ := ctx.Value(nodePatternsKey{}).([]string)
+	if p == nil {
+		return true
+	}
+	for _, pat := range p {
+		if ok, _ := path.Match(pat, id); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // revocableStream is a server stream whose context the interceptor can

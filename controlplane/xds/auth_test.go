@@ -4,11 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,13 +27,18 @@ import (
 func TestParseTokens(t *testing.T) {
 	tests := []struct {
 		desc, in string
-		want     []string
+		want     []xds.Token
 		wantErr  string
 	}{
-		{desc: "tokens, comments and blank lines", in: "# xds\n\n  aaaaaaaaaaaaaaaa  \nbbbbbbbbbbbbbbbbbbbb\n", want: []string{"aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbb"}},
+		{desc: "tokens, comments and blank lines", in: "# xds\n\n  aaaaaaaaaaaaaaaa  \nbbbbbbbbbbbbbbbbbbbb\n",
+			want: []xds.Token{{Value: "aaaaaaaaaaaaaaaa", Nodes: []string{}}, {Value: "bbbbbbbbbbbbbbbbbbbb", Nodes: []string{}}}},
+		{desc: "node patterns after the token", in: "aaaaaaaaaaaaaaaa edge~* \tsidecar~pets~*\n",
+			want: []xds.Token{{Value: "aaaaaaaaaaaaaaaa", Nodes: []string{"edge~*", "sidecar~pets~*"}}}},
 		{desc: "empty file", in: "\n# nothing\n", wantErr: "no token"},
 		{desc: "short token names its line", in: "aaaaaaaaaaaaaaaa\nshort\n", wantErr: "line 2: token shorter than 16"},
-		{desc: "space inside a token", in: "aaaaaaaa aaaaaaaaaaaa\n", wantErr: "line 1: token must be printable ASCII"},
+		{desc: "a space cuts a token short", in: "aaaaaaaa aaaaaaaaaaaa\n", wantErr: "line 1: token shorter than 16"},
+		{desc: "control character", in: "aaaaaaaaaaaaaaaa\x01\n", wantErr: "line 1: token must be printable ASCII"},
+		{desc: "bad node pattern names its line", in: "# one\naaaaaaaaaaaaaaaa edge~[\n", wantErr: `line 2: node pattern "edge~["`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
@@ -45,7 +52,7 @@ func TestParseTokens(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("tokens %q, want %q", got, tc.want)
 			}
 		})
@@ -265,5 +272,54 @@ func TestAuthRevokesOpenStreams(t *testing.T) {
 	resp, err := stB.Recv()
 	if err != nil || resp.GetTypeUrl() != resourcev3.ListenerType {
 		t.Fatalf("the stream of the kept token: %v %v, want a listener response", resp.GetTypeUrl(), err)
+	}
+}
+
+// TestAuthTokenBoundToNodes: a token followed by node id patterns serves
+// only the nodes that match them; other nodes get PermissionDenied on
+// their first request, before they appear among the proxies.
+func TestAuthTokenBoundToNodes(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte(tokA+" edge~*\n"+tokB+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, err := xds.NewTokenAuth(xds.TokenAuthOptions{File: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := xdstest.Start(t, xdstest.Options{ServeOptions: a.ServerOptions()})
+	conn, err := grpc.NewClient(h.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, tc := range []struct {
+		desc, token string
+		node        *core.Node
+		code        codes.Code
+	}{
+		{"bound token, matching edge node", tokA, xdstest.EdgeNode("e1"), codes.OK},
+		{"bound token, sidecar node", tokA, sidecarNode("pets", "pets-1"), codes.PermissionDenied},
+		{"unbound token, sidecar node", tokB, sidecarNode("pets", "pets-1"), codes.OK},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tc.token)
+			st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Send(&discovery.DiscoveryRequest{Node: tc.node, TypeUrl: resourcev3.ClusterType}); err != nil {
+				t.Fatal(err)
+			}
+			_, err = st.Recv()
+			if status.Code(err) != tc.code {
+				t.Fatalf("Recv: %v, want code %v", err, tc.code)
+			}
+			if tc.code == codes.PermissionDenied && !strings.Contains(status.Convert(err).Message(), tc.node.GetId()) {
+				t.Fatalf("message %q does not name the node", status.Convert(err).Message())
+			}
+		})
 	}
 }
