@@ -30,3 +30,29 @@ func TestJWTQueryParamFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestOmitResilienceFieldsFlag: off by default; the flag or
+// CONTROLPLANE_OMIT_RESILIENCE_FIELDS turns it on.
+func TestOmitResilienceFieldsFlag(t *testing.T) {
+	base := []string{"-jwks-url", "http://127.0.0.1:1/jwks.json", "-issuer", "petmesh-edge", "-registration-token", "0123456789abcdef", "-store-dir", t.TempDir()}
+	for _, tc := range []struct {
+		desc string
+		args []string
+		env  map[string]string
+		want bool
+	}{
+		{desc: "default", want: false},
+		{desc: "flag", args: []string{"-omit-resilience-fields"}, want: true},
+		{desc: "environment variable", env: map[string]string{"CONTROLPLANE_OMIT_RESILIENCE_FIELDS": "true"}, want: true},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			c, err := parseConfig(append(append([]string{}, base...), tc.args...), func(k string) string { return tc.env[k] }, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.OmitResilienceFields != tc.want {
+				t.Fatalf("OmitResilienceFields %v, want %v", c.OmitResilienceFields, tc.want)
+			}
+		})
+	}
+}

@@ -53,6 +53,7 @@ type Config struct {
 	InsecureNoAuth        bool
 	MeshJWKSURL           string
 	JWTQueryParam         string
+	OmitResilienceFields  bool
 	EdgeLocalAddr         string
 	RegistrationTokenFile string
 	RegistrationToken     string
@@ -85,6 +86,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	f.String(&c.Issuer, "issuer", "CONTROLPLANE_ISSUER", "", "accepted token issuer (iss)")
 	f.StringList(&c.Audience, "audience", "CONTROLPLANE_AUDIENCE", "petmesh", "accepted token audiences (aud), comma-separated")
 	f.Bool(&c.InsecureNoAuth, "insecure-no-auth", "CONTROLPLANE_INSECURE_NO_AUTH", false, "DEVELOPMENT ONLY: serve the API without authentication (every caller is admin)")
+	f.Bool(&c.OmitResilienceFields, "omit-resilience-fields", "CONTROLPLANE_OMIT_RESILIENCE_FIELDS", false, "leave out of the proxies' resources the resilience fields (the previous_hosts retry host predicate, healthy_panic_threshold, the edge's buffer filter with each route's max_body_bytes): for data planes older than them during a rolling upgrade; the route table's values for them are then not enforced (a warning is logged)")
 	f.String(&c.JWTQueryParam, "jwt-query-param", "CONTROLPLANE_JWT_QUERY_PARAM", "", "query parameter the edge and sidecars also take a token from when a request has no Authorization header (jwt_authn from_params); the proxies remove it before forwarding; empty: a token in the query string is refused")
 	f.String(&c.MeshJWKSURL, "mesh-jwks-url", "CONTROLPLANE_MESH_JWKS_URL", "", "JWKS URL the proxies fetch, when it differs from -jwks-url")
 	f.String(&c.EdgeLocalAddr, "edge-local-addr", "CONTROLPLANE_EDGE_LOCAL_ADDR", "127.0.0.1:8080", "endpoint of the edge_local cluster (routes served by the edge itself)")
@@ -307,7 +309,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
-	topts := translate.Options{EdgeLocalAddress: cfg.EdgeLocalAddr}
+	topts := translate.Options{EdgeLocalAddress: cfg.EdgeLocalAddr, OmitResilienceFields: cfg.OmitResilienceFields}
+	if cfg.OmitResilienceFields {
+		log.Warn("-omit-resilience-fields: the route table's panic thresholds, retry host predicates and body limits are not sent to the proxies; for rolling upgrades of older data planes only")
+	}
 	if provider != nil {
 		p := *provider
 		if cfg.JWTQueryParam != "" {
