@@ -111,6 +111,11 @@ type clusterRT struct {
 	// 0 disables panic mode); panicCtr counts the picks made in panic.
 	panicPct float64
 	panicCtr prometheus.Counter
+	// availGen counts changes of endpoint availability (health check
+	// transitions, ejections and their end); panicCache holds inPanic's
+	// last answer, valid for that generation until its deadline.
+	availGen   atomic.Uint64
+	panicCache atomic.Pointer[panicState]
 
 	// cacheTTL (cluster metadata petmesh.cache_ttl) enables the GET
 	// response cache; 0 disables it.
@@ -452,6 +457,7 @@ func (c *clusterRT) available(ep *endpointRT, now int64) bool {
 	}
 	// The ejection is over: bring the host back with fresh counters.
 	if ep.ejectedUntil.CompareAndSwap(until, 0) {
+		c.availGen.Add(1)
 		ep.cons5xx.Store(0)
 		ep.consGw.Store(0)
 	}
@@ -516,14 +522,43 @@ func (c *clusterRT) pickAvailable(avoid []*endpointRT, now int64) *endpointRT {
 	return ep
 }
 
+// panicState is a cached inPanic answer.
+type panicState struct {
+	gen   uint64 // availGen it was computed at
+	until int64  // unix nanos: recompute from then on
+	panic bool
+}
+
+// panicRecheck bounds how long an inPanic answer is reused without an
+// availability change.
+const panicRecheck = int64(time.Second)
+
 // inPanic reports whether fewer than healthy_panic_threshold percent of
 // the endpoints are available (healthy or degraded), as Envoy's
-// isHostSetInPanic. It stops counting as soon as the threshold is met, so
-// a healthy cluster pays for about half its endpoints at the default 50%.
+// isHostSetInPanic. Like Envoy, which decides it when the host set
+// changes rather than per request, it counts only after an availability
+// change (availGen) or once the answer is older than panicRecheck or an
+// ejection it saw has ended: a pick no longer walks the endpoints (5.5 µs
+// at 10,000 endpoints before).
 func (c *clusterRT) inPanic(now int64) bool {
+	gen := c.availGen.Load()
+	if st := c.panicCache.Load(); st != nil && st.gen == gen && now < st.until {
+		return st.panic
+	}
+	p, until := c.countPanic(now)
+	c.panicCache.Store(&panicState{gen: gen, until: until, panic: p})
+	return p
+}
+
+// countPanic is inPanic's count. Out of panic it stops as soon as the
+// threshold is met (the end of an ejection can only make more endpoints
+// available); in panic it has seen every endpoint, and the answer holds
+// until the first ejection among them ends.
+func (c *clusterRT) countPanic(now int64) (panic bool, until int64) {
+	until = now + panicRecheck
 	n := len(c.eps)
 	if n == 0 {
-		return false // nothing to balance over either way: 503
+		return false, until // nothing to balance over either way: 503
 	}
 	need := c.panicPct * float64(n) / 100 // available endpoints needed to stay out of panic
 	avail := 0
@@ -531,11 +566,13 @@ func (c *clusterRT) inPanic(now int64) bool {
 		if c.available(ep, now) {
 			avail++
 			if float64(avail) >= need {
-				return false
+				return false, until
 			}
+		} else if e := ep.ejectedUntil.Load(); e > now && e < until {
+			until = e
 		}
 	}
-	return float64(avail) < need
+	return float64(avail) < need, until
 }
 
 // pickAmong picks an endpoint eligible in mode by the load-balancing policy.
@@ -724,6 +761,7 @@ func (c *clusterRT) eject(ep *endpointRT) {
 		d = c.outlier.max
 	}
 	ep.ejectedUntil.Store(now + int64(d))
+	c.availGen.Add(1)
 	ep.cons5xx.Store(0)
 	ep.consGw.Store(0)
 	c.stats.ejections.WithLabelValues(c.name).Inc()
@@ -823,6 +861,7 @@ func (c *clusterRT) check(ctx context.Context, ep *endpointRT) {
 		ep.hcFail.Store(0)
 		if ep.hcOK.Add(1) >= c.hc.healthy && !ep.healthy.Load() {
 			ep.healthy.Store(true)
+			c.availGen.Add(1)
 			c.opts.Logger.Info("endpoint healthy", "cluster", c.name, "endpoint", ep.addr)
 		}
 		return
@@ -830,6 +869,7 @@ func (c *clusterRT) check(ctx context.Context, ep *endpointRT) {
 	ep.hcOK.Store(0)
 	if ep.hcFail.Add(1) >= c.hc.unhealthy && ep.healthy.Load() {
 		ep.healthy.Store(false)
+		c.availGen.Add(1)
 		c.opts.Logger.Warn("endpoint unhealthy", "cluster", c.name, "endpoint", ep.addr)
 	}
 }
