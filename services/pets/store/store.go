@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -382,6 +383,13 @@ func (r *upsertRow) args(d dialect) []any {
 
 // Upsert implements Store. Pets are written in id order so that
 // concurrent batches lock rows in the same order and cannot deadlock.
+//
+// On PostgreSQL two batches that insert the same new pet at once can
+// collide on the (source, source_id) unique index, which ON CONFLICT (id)
+// does not arbitrate: the second then fails with a unique violation once
+// the first commits. The batch is then run again, up to maxUpsertTries
+// times in all; by then the row exists and takes the ON CONFLICT path.
+// (SQLite runs one writer at a time.)
 func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResult, err error) {
 	if len(pets) == 0 {
 		return res, nil
@@ -396,7 +404,25 @@ func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResul
 		rows[i] = newUpsertRow(normalize(p), now)
 	}
 	slices.SortStableFunc(rows, func(a, b upsertRow) int { return strings.Compare(a.pet.ID, b.pet.ID) })
+	for try := 1; ; try++ {
+		res, err = s.upsertTx(ctx, rows)
+		if try == maxUpsertTries || !isUniqueViolation(err) || ctx.Err() != nil {
+			return res, err
+		}
+	}
+}
 
+// maxUpsertTries bounds the runs of one Upsert batch (see Upsert).
+const maxUpsertTries = 3
+
+// isUniqueViolation reports a PostgreSQL unique_violation (SQLSTATE 23505).
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+// upsertTx writes rows in one transaction.
+func (s *SQLStore) upsertTx(ctx context.Context, rows []upsertRow) (res UpsertResult, err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return res, fmt.Errorf("begin upsert: %w", err)
