@@ -3,12 +3,14 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net/url"
 	"runtime"
 	"strings"
+	"time"
 
-	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
+	"modernc.org/sqlite" // also registers the pure-Go "sqlite" driver
 )
 
 // SQLite connection settings. WAL lets readers run beside the one writer
@@ -84,7 +86,7 @@ func OpenSQLite(ctx context.Context, dsn string, opts Options) (*SQLStore, error
 		_ = db.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	if err := s.migrate(ctx, "sqlite", nil); err != nil {
+	if err := migrateSQLite(ctx, s); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("migrate sqlite %s: %w", path, err)
 	}
@@ -96,6 +98,36 @@ func OpenSQLite(ctx context.Context, dsn string, opts Options) (*SQLStore, error
 		return nil, fmt.Errorf("optimize sqlite %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// migrateSQLite applies the migrations, trying again for a few seconds
+// while SQLite answers SQLITE_BUSY. busy_timeout does not cover every
+// case: a connection can get SQLITE_BUSY at once while another one
+// switches a new file to WAL or recovers its WAL, which is what two pets
+// instances starting together on one new file (make run) do; seen in
+// TestConcurrentMigrations under load, about 5 in 100 runs.
+func migrateSQLite(ctx context.Context, s *SQLStore) error {
+	for try := 1; ; try++ {
+		err := s.migrate(ctx, "sqlite", nil)
+		if err == nil || !isSQLiteBusy(err) || try == 20 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(min(try, 5)) * 50 * time.Millisecond):
+		}
+	}
+}
+
+// isSQLiteBusy reports SQLITE_BUSY or SQLITE_LOCKED (any extended code).
+func isSQLiteBusy(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	c := se.Code() & 0xff
+	return c == sqliteBusy || c == sqliteLocked
 }
 
 // tuneStats refreshes the planner statistics cheaply (a no-op when they
