@@ -160,8 +160,33 @@ func TestNewTokenAuthErrors(t *testing.T) {
 // a raw ADS stream over a loopback socket: refused without or with a
 // wrong token before any response, answered with the right one.
 func TestAuthInterceptorOnServe(t *testing.T) {
+	conn := authServer(t, tokA+"\n")
+	for _, tc := range []struct {
+		desc, auth string
+		code       codes.Code
+	}{
+		{"no token", "", codes.Unauthenticated},
+		{"wrong token", "Bearer " + tokB, codes.Unauthenticated},
+		{"right token", "Bearer " + tokA, codes.OK},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			resp, err := firstResponse(t, conn, tc.auth, xdstest.EdgeNode("raw"))
+			if status.Code(err) != tc.code {
+				t.Fatalf("Recv: %v, want code %v", err, tc.code)
+			}
+			if tc.code == codes.OK && len(resp.GetResources()) == 0 {
+				t.Fatal("no clusters in the response")
+			}
+		})
+	}
+}
+
+// authServer starts the real xDS server behind a TokenAuth of a token
+// file with content, and returns a client connection to it.
+func authServer(t *testing.T, content string) *grpc.ClientConn {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(file, []byte(tokA+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a, err := xds.NewTokenAuth(xds.TokenAuthOptions{File: file})
@@ -173,37 +198,27 @@ func TestAuthInterceptorOnServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	for _, tc := range []struct {
-		desc, auth string
-		code       codes.Code
-	}{
-		{"no token", "", codes.Unauthenticated},
-		{"wrong token", "Bearer " + tokB, codes.Unauthenticated},
-		{"right token", "Bearer " + tokA, codes.OK},
-	} {
-		t.Run(tc.desc, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if tc.auth != "" {
-				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tc.auth)
-			}
-			st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := st.Send(&discovery.DiscoveryRequest{Node: xdstest.EdgeNode("raw"), TypeUrl: resourcev3.ClusterType}); err != nil && tc.code == codes.OK {
-				t.Fatal(err)
-			}
-			resp, err := st.Recv()
-			if status.Code(err) != tc.code {
-				t.Fatalf("Recv: %v, want code %v", err, tc.code)
-			}
-			if tc.code == codes.OK && len(resp.GetResources()) == 0 {
-				t.Fatal("no clusters in the response")
-			}
-		})
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// firstResponse opens an ADS stream on conn with authorization auth
+// (none when empty), asks for node's clusters and returns the first
+// response or the stream's error.
+func firstResponse(t *testing.T, conn *grpc.ClientConn, auth string, node *core.Node) (*discovery.DiscoveryResponse, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if auth != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth)
 	}
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A refused stream may already be closed: its Recv tells why.
+	_ = st.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
+	return st.Recv()
 }
 
 // TestAuthRevokesOpenStreams removes a token from the file while streams
@@ -279,20 +294,7 @@ func TestAuthRevokesOpenStreams(t *testing.T) {
 // only the nodes that match them; other nodes get PermissionDenied on
 // their first request, before they appear among the proxies.
 func TestAuthTokenBoundToNodes(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(file, []byte(tokA+" edge~*\n"+tokB+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a, err := xds.NewTokenAuth(xds.TokenAuthOptions{File: file})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := xdstest.Start(t, xdstest.Options{ServeOptions: a.ServerOptions()})
-	conn, err := grpc.NewClient(h.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := authServer(t, tokA+" edge~*\n"+tokB+"\n")
 	for _, tc := range []struct {
 		desc, token string
 		node        *core.Node
@@ -303,17 +305,7 @@ func TestAuthTokenBoundToNodes(t *testing.T) {
 		{"unbound token, sidecar node", tokB, sidecarNode("pets", "pets-1"), codes.OK},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tc.token)
-			st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := st.Send(&discovery.DiscoveryRequest{Node: tc.node, TypeUrl: resourcev3.ClusterType}); err != nil {
-				t.Fatal(err)
-			}
-			_, err = st.Recv()
+			_, err := firstResponse(t, conn, "Bearer "+tc.token, tc.node)
 			if status.Code(err) != tc.code {
 				t.Fatalf("Recv: %v, want code %v", err, tc.code)
 			}

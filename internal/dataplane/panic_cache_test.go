@@ -1,33 +1,15 @@
 package dataplane
 
 import (
-	"fmt"
-	"io"
-	"log/slog"
-	"math/rand/v2"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestPanicStateCache checks when inPanic counts the endpoints again: on
 // an availability change (availGen), when an ejection it saw ends, and
 // after panicRecheck at the latest; otherwise it answers from its cache.
 func TestPanicStateCache(t *testing.T) {
-	m, err := newMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: time.Now, Rand: rand.Uint64N}
-	urls := make([]string, 4)
-	for i := range urls {
-		urls[i] = fmt.Sprintf("http://10.0.0.%d:8080", i+1)
-	}
-	cl, err := buildCluster(edsCluster("a"), loadAssignment(t, "a", urls...), nil, &opts, m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := testClusterOf(t, 4)
 	now := time.Unix(1000, 0).UnixNano()
 	step := func(desc string, at int64, want bool) {
 		t.Helper()

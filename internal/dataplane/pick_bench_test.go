@@ -2,13 +2,8 @@ package dataplane
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
-	"math/rand/v2"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // BenchmarkPick measures one endpoint pick (round robin) of a cluster of n
@@ -16,20 +11,8 @@ import (
 // the default 50 % healthy_panic_threshold). The panic check counts the
 // available endpoints only after an availability change, not per pick.
 func BenchmarkPick(b *testing.B) {
-	m, err := newMetrics(prometheus.NewRegistry())
-	if err != nil {
-		b.Fatal(err)
-	}
-	opts := Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: time.Now, Rand: rand.Uint64N}
 	for _, n := range []int{10, 1000, 10000} {
-		urls := make([]string, n)
-		for i := range urls {
-			urls[i] = fmt.Sprintf("http://10.%d.%d.%d:8080", i>>16&255, i>>8&255, i&255)
-		}
-		cl, err := buildCluster(edsCluster("a"), loadAssignment(b, "a", urls...), nil, &opts, m)
-		if err != nil {
-			b.Fatal(err)
-		}
+		cl := testClusterOf(b, n)
 		for _, mode := range []string{"healthy", "panic"} {
 			for i, ep := range cl.eps {
 				ep.healthy.Store(mode == "healthy" || i%4 == 0)
