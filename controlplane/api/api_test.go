@@ -6,15 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,14 +30,12 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/petmesh/petmesh/controlplane/api"
+	"github.com/petmesh/petmesh/controlplane/api/apitest"
 	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/controlplane/routes"
 	"github.com/petmesh/petmesh/controlplane/store"
-	"github.com/petmesh/petmesh/controlplane/translate"
 	"github.com/petmesh/petmesh/controlplane/xds"
 	"github.com/petmesh/petmesh/internal/httpx"
-	"github.com/petmesh/petmesh/internal/jwtauth"
-	"github.com/petmesh/petmesh/internal/telemetry"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/xds/client"
 	"github.com/petmesh/petmesh/internal/xds/resource"
@@ -89,94 +84,12 @@ func (e *apiEnv) observe(t *testing.T, s *client.Snapshot) {
 
 func startAPIEnv(t *testing.T) *apiEnv {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-
-	st, err := store.OpenFile(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	if _, err := st.Put(ctx, 0, routes.Default(), "seed", "initial table"); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := registry.NewMemory(registry.MemoryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range []registry.Registration{
-		{Service: "pets", ID: "pets-1", Address: "127.0.0.1", Port: 7001, Version: "v1", TTL: time.Hour},
-		{Service: "pets", ID: "pets-2", Address: "127.0.0.1", Port: 7011, Version: "v2", TTL: time.Hour},
-		{Service: "stats", ID: "stats-1", Address: "127.0.0.1", Port: 7003, TTL: time.Hour},
-	} {
-		if err := reg.Register(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	srv, err := xds.New(xds.Options{
-		Tables: st, Registry: reg,
-		Translate: translate.Options{
-			JWTProviders: []translate.JWTProvider{{
-				Name: "petmesh", Issuer: "petmesh-test", Audiences: []string{"petmesh"},
-				JWKSURI: "http://127.0.0.1:8080/.well-known/jwks.json",
-			}},
-			EdgeLocalAddress: "127.0.0.1:8080",
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []func(context.Context) error{reg.Run, srv.Run, func(ctx context.Context) error { return srv.Serve(ctx, ln) }} {
-		wg.Go(func() {
-			if err := f(ctx); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-
-	ks, err := jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: filepath.Join(t.TempDir(), "keys")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	is, err := jwtauth.NewIssuer(jwtauth.IssuerConfig{Issuer: "petmesh-test", Audience: []string{"petmesh"}, TTL: 15 * time.Minute, Keys: ks})
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(sub string, roles ...string) string {
-		tok, err := is.Issue(sub, roles)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok.Raw
-	}
-	v, err := jwtauth.NewVerifier(jwtauth.VerifierConfig{Issuers: []jwtauth.TrustedIssuer{{Issuer: "petmesh-test", Audiences: []string{"petmesh"}, Keys: ks}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ready httpx.Readiness
-	ready.SetCheck(func(context.Context) error {
-		if !srv.Ready() {
-			return errors.New("xds state not built yet")
-		}
-		return nil
-	})
-	ready.SetReady(true)
-	h, err := api.New(api.Options{Store: st, Proxies: srv, Registry: reg, Verifier: v, Telemetry: telemetry.NewTest(io.Discard), Ready: &ready})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(h)
-	t.Cleanup(hs.Close)
-
-	e := &apiEnv{url: hs.URL, store: st, reg: reg, xds: srv,
-		admin: issue("alice", api.RoleAdmin), viewer: issue("bob", api.RoleViewer), nobody: issue("carol")}
+	env := apitest.Start(t)
+	e := &apiEnv{url: env.URL, store: env.Store, reg: env.Registry, xds: env.XDS,
+		admin: env.Admin, viewer: env.Viewer, nobody: env.Nobody}
+	var err error
 	e.edge, err = client.New(client.Config{
-		Server: ln.Addr().String(),
+		Server: env.XDSAddr,
 		Node:   &core.Node{Id: edgeID, Metadata: resource.NodeMeta{ListenPort: 8080}.Struct()},
 		Apply: func(_ context.Context, s *client.Snapshot) error {
 			e.observe(t, s)
@@ -189,7 +102,7 @@ func startAPIEnv(t *testing.T) *apiEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wg.Go(func() { _ = e.edge.Run(ctx) })
+	env.Go(func(ctx context.Context) { _ = e.edge.Run(ctx) })
 	e.waitEdgeAt(t, 1)
 	return e
 }

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,15 +21,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/petmesh/petmesh/controlplane/api"
+	"github.com/petmesh/petmesh/controlplane/api/apitest"
 	"github.com/petmesh/petmesh/controlplane/petctl"
-	"github.com/petmesh/petmesh/controlplane/registry"
 	"github.com/petmesh/petmesh/controlplane/routes"
 	"github.com/petmesh/petmesh/controlplane/store"
-	"github.com/petmesh/petmesh/controlplane/translate"
 	"github.com/petmesh/petmesh/controlplane/xds"
 	"github.com/petmesh/petmesh/internal/httpx"
-	"github.com/petmesh/petmesh/internal/jwtauth"
-	"github.com/petmesh/petmesh/internal/telemetry"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/xds/client"
 	"github.com/petmesh/petmesh/internal/xds/resource"
@@ -48,76 +42,9 @@ type ctlEnv struct {
 
 func startCtlEnv(t *testing.T) *ctlEnv {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	st, err := store.OpenFile(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	if _, err := st.Put(ctx, 0, routes.Default(), "seed", "initial table"); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := registry.NewMemory(registry.MemoryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range []registry.Registration{
-		{Service: "pets", ID: "pets-1", Address: "127.0.0.1", Port: 7001, Version: "v1", TTL: time.Hour},
-		{Service: "pets", ID: "pets-2", Address: "127.0.0.1", Port: 7011, Version: "v2", TTL: time.Hour},
-		{Service: "stats", ID: "stats-1", Address: "127.0.0.1", Port: 7003, TTL: time.Hour},
-	} {
-		if err := reg.Register(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	srv, err := xds.New(xds.Options{Tables: st, Registry: reg, Translate: translate.Options{
-		JWTProviders:     []translate.JWTProvider{{Name: "petmesh", Issuer: "petmesh-test", Audiences: []string{"petmesh"}, JWKSURI: "http://127.0.0.1:8080/.well-known/jwks.json"}},
-		EdgeLocalAddress: "127.0.0.1:8080",
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []func(context.Context) error{reg.Run, srv.Run, func(ctx context.Context) error { return srv.Serve(ctx, ln) }} {
-		wg.Go(func() {
-			if err := f(ctx); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	ks, err := jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: filepath.Join(t.TempDir(), "keys")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	is, err := jwtauth.NewIssuer(jwtauth.IssuerConfig{Issuer: "petmesh-test", Audience: []string{"petmesh"}, TTL: 15 * time.Minute, Keys: ks})
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(sub string, roles ...string) string {
-		tok, err := is.Issue(sub, roles)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok.Raw
-	}
-	v, err := jwtauth.NewVerifier(jwtauth.VerifierConfig{Issuers: []jwtauth.TrustedIssuer{{Issuer: "petmesh-test", Audiences: []string{"petmesh"}, Keys: ks}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := api.New(api.Options{Store: st, Proxies: srv, Registry: reg, Verifier: v, Telemetry: telemetry.NewTest(io.Discard)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(h)
-	t.Cleanup(hs.Close)
-
+	env := apitest.Start(t)
 	edge, err := client.New(client.Config{
-		Server: ln.Addr().String(), Node: &core.Node{Id: "edge~e1", Metadata: resource.NodeMeta{ListenPort: 8080}.Struct()},
+		Server: env.XDSAddr, Node: &core.Node{Id: "edge~e1", Metadata: resource.NodeMeta{ListenPort: 8080}.Struct()},
 		Apply:       func(context.Context, *client.Snapshot) error { return nil },
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		BackoffMin:  20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
@@ -125,14 +52,14 @@ func startCtlEnv(t *testing.T) *ctlEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wg.Go(func() { _ = edge.Run(ctx) })
+	env.Go(func(ctx context.Context) { _ = edge.Run(ctx) })
 	tu.Eventually(t, 15*time.Second, func() error {
-		if p, ok := srv.Proxy("edge~e1"); !ok || !p.Synced {
+		if p, ok := env.XDS.Proxy("edge~e1"); !ok || !p.Synced {
 			return errors.New("edge not synced")
 		}
 		return nil
 	})
-	return &ctlEnv{api: hs.URL, xds: srv, admin: issue("alice", "admin"), viewer: issue("bob", "viewer"), nobody: issue("carol")}
+	return &ctlEnv{api: env.URL, xds: env.XDS, admin: env.Admin, viewer: env.Viewer, nobody: env.Nobody}
 }
 
 // run runs petctl in process with PETMESH_API and PETMESH_TOKEN set.
