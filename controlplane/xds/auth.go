@@ -73,14 +73,27 @@ type TokenAuth struct {
 	failures *prometheus.CounterVec
 
 	mu        sync.Mutex
-	tokens    [][sha256.Size]byte // digests of the accepted tokens
-	nodes     [][]string          // per token: the node id patterns it may bind (nil: any)
+	tokens    []accepted // the file's tokens
 	modTime   time.Time
 	size      int64
 	checkedAt time.Time
-	// open are the cancel functions of the open streams, by the digest
-	// of the token each presented.
-	open map[[sha256.Size]byte]map[*context.CancelCauseFunc]struct{}
+	// open are the cancel functions of the open streams, by the grant
+	// (accepted.key) each was authorized under.
+	open map[string]map[*context.CancelCauseFunc]struct{}
+}
+
+// accepted is one token of the file: its digest and the node id patterns
+// it may bind (nil: any).
+type accepted struct {
+	digest [sha256.Size]byte
+	nodes  []string
+}
+
+// key identifies the grant: the digest and the patterns. A stream is
+// ended when its grant is no longer in the file, i.e. when its token is
+// removed or bound to other nodes.
+func (t accepted) key() string {
+	return string(t.digest[:]) + "\x00" + strings.Join(t.nodes, " ")
 }
 
 // errRevoked ends a stream whose token was removed from the file.
@@ -100,7 +113,7 @@ func NewTokenAuth(opts TokenAuthOptions) (*TokenAuth, error) {
 	}
 	a := &TokenAuth{
 		file: opts.File, log: opts.Logger, now: opts.Now,
-		open: map[[sha256.Size]byte]map[*context.CancelCauseFunc]struct{}{},
+		open: map[string]map[*context.CancelCauseFunc]struct{}{},
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petmesh_xds_auth_failures_total",
 			Help: "xDS streams and calls refused for authentication, by reason (missing, invalid), and open streams ended because their token was removed (revoked).",
@@ -177,58 +190,59 @@ func (a *TokenAuth) load() error {
 	if err != nil {
 		return fmt.Errorf("xds auth: token file %s: %w", a.file, err)
 	}
-	digests := make([][sha256.Size]byte, len(toks))
-	nodes := make([][]string, len(toks))
+	acc := make([]accepted, len(toks))
 	for i, t := range toks {
-		digests[i] = sha256.Sum256([]byte(t.Value))
+		acc[i] = accepted{digest: sha256.Sum256([]byte(t.Value))}
 		if len(t.Nodes) > 0 {
-			nodes[i] = t.Nodes
+			acc[i].nodes = t.Nodes
 		}
 	}
-	a.tokens, a.nodes, a.modTime, a.size = digests, nodes, fi.ModTime(), fi.Size()
+	a.tokens, a.modTime, a.size = acc, fi.ModTime(), fi.Size()
 	return nil
 }
 
-// current returns the accepted digests and their node patterns,
-// reloading the file when it changed (checked at most once a second).
-func (a *TokenAuth) current() ([][sha256.Size]byte, [][]string) {
+// current returns the accepted tokens, reloading the file when it
+// changed (checked at most once a second).
+func (a *TokenAuth) current() []accepted {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
 	if now.Sub(a.checkedAt) < time.Second {
-		return a.tokens, a.nodes
+		return a.tokens
 	}
 	a.checkedAt = now
 	fi, err := os.Stat(a.file)
 	if err != nil {
 		a.log.Error("xds auth: token file unreadable; keeping the previous tokens", "file", a.file, "error", err)
-		return a.tokens, a.nodes
+		return a.tokens
 	}
 	if fi.ModTime().Equal(a.modTime) && fi.Size() == a.size {
-		return a.tokens, a.nodes
+		return a.tokens
 	}
 	if err := a.load(); err != nil {
 		a.log.Error("xds auth: token file invalid; keeping the previous tokens", "error", err)
-		return a.tokens, a.nodes
+		return a.tokens
 	}
 	a.log.Info("xds auth: token file reloaded", "file", a.file, "tokens", len(a.tokens))
 	a.revokeLocked()
-	return a.tokens, a.nodes
+	return a.tokens
 }
 
-// revokeLocked ends the open streams whose token is no longer accepted.
-// a.mu is held.
+// revokeLocked ends the open streams whose grant is no longer in the
+// file: their token was removed, or bound to other node patterns (a
+// stream's node is checked against its grant's patterns once, when it
+// binds). a.mu is held.
 func (a *TokenAuth) revokeLocked() {
-	for d, streams := range a.open {
-		if slices.Contains(a.tokens, d) {
+	for k, streams := range a.open {
+		if slices.ContainsFunc(a.tokens, func(t accepted) bool { return t.key() == k }) {
 			continue
 		}
 		for cancel := range streams {
 			(*cancel)(errRevoked)
 		}
 		a.failures.WithLabelValues("revoked").Add(float64(len(streams)))
-		a.log.Warn("xds auth: token removed; ending its open streams", "streams", len(streams))
-		delete(a.open, d)
+		a.log.Warn("xds auth: token removed or rebound; ending its open streams", "streams", len(streams))
+		delete(a.open, k)
 	}
 }
 
@@ -239,21 +253,22 @@ func (a *TokenAuth) Run(ctx context.Context) error {
 	return nil
 }
 
-// track registers an open stream's cancel function under digest d; the
+// track registers an open stream's cancel function under its grant; the
 // returned func unregisters it.
-func (a *TokenAuth) track(d [sha256.Size]byte, cancel *context.CancelCauseFunc) func() {
+func (a *TokenAuth) track(g accepted, cancel *context.CancelCauseFunc) func() {
+	k := g.key()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.open[d] == nil {
-		a.open[d] = map[*context.CancelCauseFunc]struct{}{}
+	if a.open[k] == nil {
+		a.open[k] = map[*context.CancelCauseFunc]struct{}{}
 	}
-	a.open[d][cancel] = struct{}{}
+	a.open[k][cancel] = struct{}{}
 	return func() {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		delete(a.open[d], cancel)
-		if len(a.open[d]) == 0 {
-			delete(a.open, d)
+		delete(a.open[k], cancel)
+		if len(a.open[k]) == 0 {
+			delete(a.open, k)
 		}
 	}
 }
@@ -263,37 +278,36 @@ func (a *TokenAuth) track(d [sha256.Size]byte, cancel *context.CancelCauseFunc) 
 // error. Every accepted token is compared, in constant time, whatever
 // matches first.
 func (a *TokenAuth) Authorize(ctx context.Context) error {
-	_, _, err := a.authorize(ctx)
+	_, err := a.authorize(ctx)
 	return err
 }
 
-// authorize is Authorize, also returning the digest of the accepted token
-// and the node id patterns it may bind (nil: any).
-func (a *TokenAuth) authorize(ctx context.Context) ([sha256.Size]byte, []string, error) {
+// authorize is Authorize, also returning the accepted token's grant.
+func (a *TokenAuth) authorize(ctx context.Context) (accepted, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	if len(vals) != 1 {
 		a.failures.WithLabelValues("missing").Inc()
-		return [sha256.Size]byte{}, nil, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
+		return accepted{}, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
 	}
 	scheme, tok, ok := strings.Cut(vals[0], " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") || tok == "" {
 		a.failures.WithLabelValues("missing").Inc()
-		return [sha256.Size]byte{}, nil, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
+		return accepted{}, status.Error(codes.Unauthenticated, "petmesh control plane: xds requires authorization: Bearer <token> (-xds-token-file)")
 	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
 	match, which := 0, 0
-	digests, nodes := a.current()
-	for i, want := range digests {
-		eq := subtle.ConstantTimeCompare(got[:], want[:])
+	toks := a.current()
+	for i, want := range toks {
+		eq := subtle.ConstantTimeCompare(got[:], want.digest[:])
 		match |= eq
 		which = subtle.ConstantTimeSelect(eq, i, which)
 	}
 	if match != 1 {
 		a.failures.WithLabelValues("invalid").Inc()
-		return [sha256.Size]byte{}, nil, status.Error(codes.Unauthenticated, "petmesh control plane: invalid xds token")
+		return accepted{}, status.Error(codes.Unauthenticated, "petmesh control plane: invalid xds token")
 	}
-	return got, nodes[which], nil
+	return toks[which], nil
 }
 
 // StreamInterceptor refuses streams that Authorize rejects, and ends an
@@ -301,17 +315,17 @@ func (a *TokenAuth) authorize(ctx context.Context) ([sha256.Size]byte, []string,
 // file.
 func (a *TokenAuth) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		d, nodes, err := a.authorize(ss.Context())
+		g, err := a.authorize(ss.Context())
 		if err != nil {
 			a.log.Warn("xds stream refused", "method", info.FullMethod, "peer", peerAddr(ss.Context()), "error", status.Convert(err).Message())
 			return err
 		}
-		ctx, cancel := context.WithCancelCause(withNodePatterns(ss.Context(), nodes))
+		ctx, cancel := context.WithCancelCause(withNodePatterns(ss.Context(), g.nodes))
 		defer cancel(nil)
-		defer a.track(d, &cancel)()
+		defer a.track(g, &cancel)()
 		err = handler(srv, &revocableStream{ServerStream: ss, ctx: ctx})
 		if errors.Is(context.Cause(ctx), errRevoked) {
-			a.log.Warn("xds stream ended: its token was removed", "method", info.FullMethod, "peer", peerAddr(ss.Context()))
+			a.log.Warn("xds stream ended: its token was removed or rebound", "method", info.FullMethod, "peer", peerAddr(ss.Context()))
 			return status.Error(codes.Unauthenticated, "petmesh control plane: xds token revoked")
 		}
 		return err

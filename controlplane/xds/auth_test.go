@@ -224,7 +224,8 @@ func firstResponse(t *testing.T, conn *grpc.ClientConn, auth string, node *core.
 // TestAuthRevokesOpenStreams removes a token from the file while streams
 // are open: Run's next check ends the stream that presented it with
 // Unauthenticated ("xds token revoked") and counts it; a stream with a
-// token still in the file goes on being served.
+// token still in the file goes on being served until that token is bound
+// to other node patterns.
 func TestAuthRevokesOpenStreams(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "tokens")
 	if err := os.WriteFile(file, []byte(tokA+"\n"+tokB+"\n"), 0o600); err != nil {
@@ -287,6 +288,21 @@ func TestAuthRevokesOpenStreams(t *testing.T) {
 	resp, err := stB.Recv()
 	if err != nil || resp.GetTypeUrl() != resourcev3.ListenerType {
 		t.Fatalf("the stream of the kept token: %v %v, want a listener response", resp.GetTypeUrl(), err)
+	}
+
+	// Token B is bound to sidecar nodes: its open stream, which bound an
+	// edge node under the old grant, is ended too.
+	if err := os.WriteFile(file, []byte(tokB+" sidecar~*\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	if _, err = stB.Recv(); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("the stream of the rebound token: %v, want Unauthenticated", err)
+	}
+	if got := sample(t, reg, "petmesh_xds_auth_failures_total", "revoked"); got != 2 {
+		t.Errorf("auth failures {reason=revoked} = %v, want 2", got)
 	}
 }
 
