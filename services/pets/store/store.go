@@ -405,7 +405,9 @@ func (s *SQLStore) Upsert(ctx context.Context, pets []PetInput) (res UpsertResul
 	}
 	slices.SortStableFunc(rows, func(a, b upsertRow) int { return strings.Compare(a.pet.ID, b.pet.ID) })
 	for try := 1; ; try++ {
-		res, err = s.upsertTx(ctx, rows)
+		// upsertTx renders a row's doc again with the stored published_at:
+		// each try starts from the rows as given.
+		res, err = s.upsertTx(ctx, slices.Clone(rows))
 		if try == maxUpsertTries || !isUniqueViolation(err) || ctx.Err() != nil {
 			return res, err
 		}
