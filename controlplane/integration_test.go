@@ -28,7 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/petmesh/petmesh/controlplane/registry"
-	"github.com/petmesh/petmesh/internal/jwtauth"
+	"github.com/petmesh/petmesh/internal/jwtauth/jwttest"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 	"github.com/petmesh/petmesh/internal/testutil/consultest"
 	"github.com/petmesh/petmesh/internal/xds/client"
@@ -45,29 +45,14 @@ type auth struct {
 
 func newAuth(t *testing.T) auth {
 	t.Helper()
-	dir := t.TempDir()
-	ks, err := jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: filepath.Join(dir, "keys")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	is, err := jwtauth.NewIssuer(jwtauth.IssuerConfig{Issuer: "petmesh-test", Audience: []string{"petmesh"}, TTL: 15 * time.Minute, Keys: ks})
-	if err != nil {
-		t.Fatal(err)
-	}
+	is := jwttest.New(t, "petmesh-test")
 	rec := httptest.NewRecorder()
-	ks.JWKSHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/.well-known/jwks.json", nil))
-	a := auth{jwksFile: filepath.Join(dir, "jwks.json")}
+	is.Keys.JWKSHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/.well-known/jwks.json", nil))
+	a := auth{jwksFile: filepath.Join(t.TempDir(), "jwks.json")}
 	if err := os.WriteFile(a.jwksFile, rec.Body.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	issue := func(sub string, roles ...string) string {
-		tok, err := is.Issue(sub, roles)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok.Raw
-	}
-	a.admin, a.viewer, a.nobody = issue("alice", "admin"), issue("bob", "viewer"), issue("carol")
+	a.admin, a.viewer, a.nobody = is.Token("alice", "admin"), is.Token("bob", "viewer"), is.Token("carol")
 	return a
 }
 

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/petmesh/petmesh/controlplane/api"
-	"github.com/petmesh/petmesh/internal/jwtauth"
+	"github.com/petmesh/petmesh/internal/jwtauth/jwttest"
 	tu "github.com/petmesh/petmesh/internal/testutil"
 )
 
@@ -88,24 +88,10 @@ func TestSecurityAPINeedsCredentials(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the control plane")
 	}
-	ks, err := jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	is, err := jwtauth.NewIssuer(jwtauth.IssuerConfig{Issuer: secIssuer, Audience: []string{"petmesh"}, TTL: 15 * time.Minute, Keys: ks})
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks := httptest.NewServer(ks.JWKSHandler())
+	is := jwttest.New(t, secIssuer)
+	jwks := httptest.NewServer(is.Keys.JWKSHandler())
 	t.Cleanup(jwks.Close)
-	token := func(roles ...string) string {
-		tok, err := is.Issue("sec-test", roles)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok.Raw
-	}
-	admin, viewer, nobody := token("admin", "viewer"), token("viewer"), token("pets")
+	admin, viewer, nobody := is.Token("sec-test", "admin", "viewer"), is.Token("sec-test", "viewer"), is.Token("sec-test", "pets")
 
 	bin := tu.BuildBinary(t, "./controlplane/cmd/controlplane")
 	dir := t.TempDir()

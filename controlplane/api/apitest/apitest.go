@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http/httptest"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"github.com/petmesh/petmesh/controlplane/xds"
 	"github.com/petmesh/petmesh/internal/httpx"
 	"github.com/petmesh/petmesh/internal/jwtauth"
+	"github.com/petmesh/petmesh/internal/jwtauth/jwttest"
 	"github.com/petmesh/petmesh/internal/telemetry"
 )
 
@@ -95,22 +95,8 @@ func Start(t *testing.T) *Env {
 		})
 	}
 
-	ks, err := jwtauth.OpenKeyStore(jwtauth.KeyStoreConfig{Dir: filepath.Join(t.TempDir(), "keys")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	is, err := jwtauth.NewIssuer(jwtauth.IssuerConfig{Issuer: "petmesh-test", Audience: []string{"petmesh"}, TTL: 15 * time.Minute, Keys: ks})
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(sub string, roles ...string) string {
-		tok, err := is.Issue(sub, roles)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok.Raw
-	}
-	v, err := jwtauth.NewVerifier(jwtauth.VerifierConfig{Issuers: []jwtauth.TrustedIssuer{{Issuer: "petmesh-test", Audiences: []string{"petmesh"}, Keys: ks}}})
+	is := jwttest.New(t, "petmesh-test")
+	v, err := jwtauth.NewVerifier(jwtauth.VerifierConfig{Issuers: []jwtauth.TrustedIssuer{{Issuer: "petmesh-test", Audiences: []string{"petmesh"}, Keys: is.Keys}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +116,7 @@ func Start(t *testing.T) *Env {
 	t.Cleanup(hs.Close)
 
 	e.URL, e.XDSAddr, e.Store, e.Registry, e.XDS = hs.URL, ln.Addr().String(), st, reg, srv
-	e.Admin, e.Viewer, e.Nobody = issue("alice", api.RoleAdmin), issue("bob", api.RoleViewer), issue("carol")
+	e.Admin, e.Viewer, e.Nobody = is.Token("alice", api.RoleAdmin), is.Token("bob", api.RoleViewer), is.Token("carol")
 	return e
 }
 
